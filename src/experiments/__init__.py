@@ -1,0 +1,1 @@
+"""Config-driven experiments that show what parameters do inside a neural network."""

@@ -1,0 +1,53 @@
+"""Set up an experiment from a composed config: device, data, model, ties, init."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Dict
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from .config import ConfigError
+from .data import Dataset, load_data
+from .initialization import initialize
+from .models import build_model, materialize
+from .tying import TieManifest, apply_param_ties, tie_manifest
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda: this machine has no CUDA device. "
+                          "Use trainer.device=auto or trainer.device=cpu.")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ConfigError(f"trainer.device={name!r}: unknown device; use auto, cpu or cuda.")
+    return torch.device(name)
+
+
+@dataclass
+class Experiment:
+    model: nn.Module
+    data: Dataset
+    device: torch.device
+    init_rules: Dict[str, str]  # canonical parameter name -> the rule that set it
+    manifest: TieManifest  # canonical parameter name -> every state_dict name
+
+
+def build_experiment(cfg: DictConfig) -> Experiment:
+    """Seed, load the data, build the model, materialize lazy layers on a sample batch,
+    apply parameter ties and initialize. Same seed, same model and data."""
+    device = resolve_device(cfg.trainer.device)
+    torch.manual_seed(cfg.trainer.seed)
+    data = load_data(cfg.data, cfg.trainer.seed).to(device)
+    model = build_model(cfg.model).to(device)
+    materialize(model, data.sample_batch())
+    apply_param_ties(model, cfg.model.tie)
+    init_rules = initialize(model, cfg.init)
+    return Experiment(model, data, device, init_rules, tie_manifest(model))

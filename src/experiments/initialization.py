@@ -1,0 +1,91 @@
+"""Initialization schemes: ordered rules that pick parameters and name an init function.
+
+A rule matches a parameter when its ``params`` glob matches any of the parameter's
+names (aliases included), its ``module`` names the class of the module that owns it,
+and its ``kind`` is the parameter's attribute name (``weight``/``bias``) or ``any``.
+Every matching rule runs, in order, so a later rule overrides an earlier one. A tied
+parameter is initialized once. Lazy layers must be materialized first.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from typing import Callable, Dict, List
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .config import ConfigError
+from .models import has_uninitialized, resolve_callable
+from .tying import parameter_aliases
+
+log = logging.getLogger(__name__)
+
+
+def d2l_custom_(tensor: torch.Tensor, low: float = -10.0, high: float = 10.0, threshold: float = 5.0) -> torch.Tensor:
+    """The seed's ``my_init``: U(low, high), then every value with |w| < threshold set to 0."""
+    with torch.no_grad():
+        nn.init.uniform_(tensor, low, high)
+        tensor.mul_(tensor.abs() >= threshold)
+    return tensor
+
+
+def _init_function(path: str, where: str) -> Callable:
+    if "." not in path:  # a bare name is a torch.nn.init function
+        path = f"torch.nn.init.{path}"
+    fn = resolve_callable(path, where)
+    if not callable(fn):
+        raise ConfigError(f"{where}: '{path}' is not a function.")
+    return fn
+
+
+def _owners(model: nn.Module) -> Dict[str, nn.Module]:
+    """Parameter name (any alias) -> the module that holds it."""
+    owners = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for leaf, _ in module.named_parameters(recurse=False, remove_duplicate=False):
+            owners[f"{module_name}.{leaf}" if module_name else leaf] = module
+    return owners
+
+
+def initialize(model: nn.Module, cfg: DictConfig) -> Dict[str, str]:
+    """Apply the scheme ``cfg`` (the ``init`` node). Returns canonical name -> rule that set it."""
+    if cfg.std < 0:
+        raise ConfigError(f"init.std={cfg.std}: a standard deviation cannot be negative.")
+    if has_uninitialized(model):
+        raise RuntimeError("initialize() needs materialized lazy layers: run one forward pass first.")
+    params = dict(model.named_parameters())
+    aliases = parameter_aliases(model)
+    owners = _owners(model)
+    set_by = {name: "pytorch default" for name in params}
+    for i, rule in enumerate(cfg.rules):
+        where = f"init.rules[{i}]"
+        fn = _init_function(rule.fn, f"{where}.fn")
+        args = OmegaConf.to_container(rule.args, resolve=True)
+        if rule.kind not in ("weight", "bias", "any"):
+            raise ConfigError(f"{where}.kind={rule.kind!r}: must be 'weight', 'bias' or 'any'.")
+        matched: List[str] = []
+        for name, p in params.items():
+            names = aliases[name]
+            if not any(fnmatch.fnmatchcase(n, rule.params) for n in names):
+                continue
+            if rule.kind != "any" and name.rpartition(".")[2] != rule.kind:
+                continue
+            if rule.module is not None and type(owners[name]).__name__ != rule.module.rpartition(".")[2]:
+                continue
+            matched.append(name)
+            with torch.no_grad():
+                try:
+                    fn(p, **args)
+                except (TypeError, ValueError) as e:
+                    raise ConfigError(f"{where}: {rule.fn}({name}, **{args}) failed: {e}") from None
+            set_by[name] = f"{rule.fn}({', '.join(f'{k}={v}' for k, v in args.items())})"
+            log.info("Init %s %s", name, p.shape)
+        if not matched:
+            raise ConfigError(
+                f"{where} (fn={rule.fn}, params={rule.params!r}, module={rule.module}, kind={rule.kind}) "
+                f"matches no parameter; it is a typo. Parameters: {', '.join(params)}."
+            )
+    return set_by

@@ -1,0 +1,108 @@
+"""End to end: the real Hydra CLI in a subprocess, its event files read with TensorBoard's reader."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from conftest import read_events, run_cli
+from experiments.data import load_data
+
+TIED_PARAMS = ["0.weight", "0.bias", "2.weight", "2.bias", "6.weight", "6.bias"]
+
+
+@pytest.fixture(scope="module")
+def tied_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tied") / "run"
+    result = run_cli(["init=xavier", "model=tied", f"hydra.run.dir={run_dir}"])
+    assert result.returncode == 0, result.stderr
+    return run_dir, result
+
+
+def test_tied_xavier_writes_every_tag(tied_run):
+    run_dir, result = tied_run
+    acc = read_events(run_dir)
+    scalars = set(acc.Tags()["scalars"])
+    expected = {"loss/train", "loss/val", "tied/2.weight/grad_norm", "tied/2.bias/grad_norm"}
+    expected |= {f"{kind}/{name}" for kind in ("param_norm", "grad_norm") for name in TIED_PARAMS}
+    assert expected <= scalars
+    assert not any("4.weight" in tag for tag in scalars)  # a tied parameter is logged once
+    hists = set(acc.Tags()["histograms"])
+    assert {f"{kind}/{name}" for kind in ("param", "grad") for name in TIED_PARAMS} <= hists
+    assert {"config/text_summary", "ties/text_summary"} <= set(acc.Tags()["tensors"])
+    ties = acc.Tensors("ties/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "2.weight, 4.weight" in ties
+    hparams = acc.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
+    assert b"loss/val" in hparams["_hparams_/experiment"]
+    assert b"xavier" in hparams["_hparams_/session_start_info"]
+    losses = [e.value for e in acc.Scalars("loss/train")]
+    assert len(losses) == 32 and losses[-1] < 0.5 * losses[0]  # 320 steps, a point every 10
+    assert [e.step for e in acc.Scalars("loss/val")] == [32 * k for k in range(1, 11)]
+    # one progress line per epoch, and the weights kept on disk
+    assert sum(" - epoch " in line for line in (result.stdout + result.stderr).splitlines()) == 10
+    for name in ("weights_init.pt", "weights_final.pt"):
+        saved = torch.load(run_dir / name, weights_only=True)
+        assert saved["tie_manifest"]["2.weight"] == ["2.weight", "4.weight"]
+
+
+def test_tied_grad_norm_equals_an_independent_replay(tmp_path):
+    """Full-batch SGD replayed by the test on an *untied* copy: the shared layer's logged
+    gradient norm must equal the norm of the two copies' gradients summed, at every step."""
+    run_dir, steps, lr = tmp_path / "run", 4, 0.03
+    every1 = [f"telemetry.{s}.every=1" for s in ("loss", "param_norm", "grad_norm", "tied")]
+    result = run_cli(["init=xavier", "model=tied", "data.batch_size=1000", f"trainer.epochs={steps}",
+                      f"optim.lr={lr}", *every1, f"hydra.run.dir={run_dir}"])
+    assert result.returncode == 0, result.stderr
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    data = load_data(cfg.data, cfg.trainer.seed)  # full batch: the shuffle order does not matter
+
+    state = torch.load(run_dir / "weights_init.pt", weights_only=True)["state_dict"]
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+                        nn.Linear(8, 1)).double()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.copy_(state[name])  # 4.* from the state_dict alias: same values, separate tensor
+
+    acc = read_events(run_dir)
+    logged = {tag: {e.step: e.value for e in acc.Scalars(tag)}
+              for tag in ("tied/2.weight/grad_norm", "tied/2.bias/grad_norm", "grad_norm/0.weight", "loss/train")}
+    x, y = data.train_x.double(), data.train_y.double()
+    for step in range(1, steps + 1):
+        net.zero_grad()
+        loss = F.mse_loss(net(x), y)
+        loss.backward()
+        summed = {leaf: getattr(net[2], leaf).grad + getattr(net[4], leaf).grad for leaf in ("weight", "bias")}
+        assert logged["loss/train"][step] == pytest.approx(loss.item(), rel=1e-4)
+        assert logged["tied/2.weight/grad_norm"][step] == pytest.approx(summed["weight"].norm().item(), rel=1e-4)
+        assert logged["tied/2.bias/grad_norm"][step] == pytest.approx(summed["bias"].norm().item(), rel=1e-4)
+        assert logged["grad_norm/0.weight"][step] == pytest.approx(net[0].weight.grad.norm().item(), rel=1e-4)
+        with torch.no_grad():  # SGD, with the shared layer moved by the summed gradient in both copies
+            for i in (0, 6):
+                for p in net[i].parameters():
+                    p -= lr * p.grad
+            for leaf in ("weight", "bias"):
+                for i in (2, 4):
+                    getattr(net[i], leaf).sub_(lr * summed[leaf])
+    final = torch.load(run_dir / "weights_final.pt", weights_only=True)["state_dict"]
+    for name, p in net.named_parameters():
+        torch.testing.assert_close(final[name].double(), p, rtol=1e-4, atol=1e-5)
+
+
+def test_same_seed_same_numbers(tmp_path):
+    args = ["model=tied", "trainer.epochs=2"]
+    a = run_cli([*args, f"hydra.run.dir={tmp_path / 'a'}"])
+    b = run_cli([*args, f"hydra.run.dir={tmp_path / 'b'}"])
+    assert a.returncode == b.returncode == 0
+    wa = torch.load(tmp_path / "a" / "weights_final.pt", weights_only=True)["state_dict"]
+    wb = torch.load(tmp_path / "b" / "weights_final.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_unknown_key_fails_fast_and_names_it(tmp_path):
+    result = run_cli(["model.widht=3", f"hydra.run.dir={tmp_path / 'r'}"])
+    assert result.returncode != 0
+    assert "widht" in result.stderr
