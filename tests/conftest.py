@@ -33,7 +33,9 @@ def make_cfg():
 def run_cli(args: List[str], cwd: Path = ROOT, timeout: float = 120, script: str = "train.py",
             **kwargs) -> subprocess.CompletedProcess:
     """Run a script of this project the way a user does, in a fresh Python process."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    # This checkout's src/ first, whatever an editable install elsewhere points at.
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", "PYTHONPATH": pythonpath}
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, **kwargs)
 
