@@ -2,9 +2,11 @@
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from experiments.config import register_configs
+from experiments.failures import run_and_report
 from experiments.training import train
 
 register_configs()
@@ -12,8 +14,9 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    runtime = HydraConfig.get().runtime
-    return train(cfg, runtime.output_dir, dict(runtime.choices))
+    hydra_cfg = HydraConfig.get()
+    return run_and_report(train, cfg, hydra_cfg.runtime.output_dir, dict(hydra_cfg.runtime.choices),
+                          multirun=hydra_cfg.mode == RunMode.MULTIRUN)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
@@ -61,3 +61,73 @@ def load_weights(model: nn.Module, path: Path) -> TieManifest:
     manifest = saved.get("tie_manifest", {})
     verify_ties(model, manifest)
     return manifest
+
+
+# --- training checkpoints: everything needed to continue a run exactly -------------------
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR
+
+
+def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, step: int,
+                    epoch: int, batch_in_epoch: int, shuffle_state: torch.Tensor, config_yaml: str,
+                    numbered: bool) -> Path:
+    """Write ``checkpoints/last.pt`` (and ``step_<step>.pt`` when ``numbered``), atomically.
+
+    ``epoch`` is the epoch in progress, ``batch_in_epoch`` how many of its batches are done and
+    ``shuffle_state`` the shuffle generator's state at the start of that epoch.
+    """
+    state = {
+        "state_dict": model.state_dict(),
+        "tie_manifest": tie_manifest(model),
+        "optimizer": optimizer.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle_state,
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []},
+        "step": step,
+        "epoch": epoch,
+        "batch_in_epoch": batch_in_epoch,
+        "config": config_yaml,
+    }
+    folder = checkpoint_dir(run_dir)
+    if numbered:
+        save_atomic(state, folder / f"step_{step:08d}.pt")
+    save_atomic(state, folder / LAST)
+    return folder / LAST
+
+
+def find_checkpoint(resume: str, run_dir: Path) -> Optional[Path]:
+    """``auto``: ``<run_dir>/checkpoints/last.pt`` if it exists, else None (start fresh).
+    A folder: its ``checkpoints/last.pt``. A file: that file."""
+    if resume == "auto":
+        last = checkpoint_dir(run_dir) / LAST
+        return last if last.is_file() else None
+    path = Path(resume)
+    if path.is_dir():
+        path = checkpoint_dir(path) / LAST
+    if not path.is_file():
+        raise CheckpointError(f"trainer.resume={resume}: no checkpoint at {path}. Give a run folder that "
+                              f"has {CHECKPOINT_DIR}/{LAST}, a checkpoint file, or 'auto'.")
+    return path
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    return Path(checkpoint).parent.parent
+
+
+def restore_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+    """Load a checkpoint into ``model`` and ``optimizer``, restore the global RNG; ties verified."""
+    state = load(path)
+    missing = {"state_dict", "optimizer", "rng", "step", "epoch", "batch_in_epoch"} - set(state)
+    if missing:
+        raise CheckpointError(f"{path}: not a training checkpoint (missing {', '.join(sorted(missing))}).")
+    model.load_state_dict(state["state_dict"])
+    verify_ties(model, state.get("tie_manifest", {}))
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state

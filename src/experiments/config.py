@@ -95,6 +95,8 @@ class TrainerConfig:
     epochs: int = 10
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    checkpoint_every: int = 1  # epochs between numbered checkpoints (0: only checkpoints/last.pt)
+    resume: Optional[str] = None  # a run folder, a checkpoint file, or "auto" (this run folder's last.pt)
 
 
 @dataclass

@@ -33,12 +33,13 @@ class Dataset:
         """A batch of inputs for materializing lazy layers."""
         return self.train_x[: self.batch_size]
 
-    def batches(self, generator: torch.Generator) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of shuffled training batches (the last one may be smaller)."""
+    def batches(self, generator: torch.Generator, skip: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of shuffled training batches (the last one may be smaller), after
+        skipping the first ``skip`` (to resume mid-epoch with the same order)."""
         n = self.train_x.shape[0]
         perm = torch.randperm(n, generator=generator).to(self.train_x.device)
         x, y = self.train_x.index_select(0, perm), self.train_y.index_select(0, perm)
-        for start in range(0, n, self.batch_size):
+        for start in range(skip * self.batch_size, n, self.batch_size):
             yield x[start:start + self.batch_size], y[start:start + self.batch_size]
 
     def steps_per_epoch(self) -> int:
@@ -47,6 +48,8 @@ class Dataset:
 
 def synthetic_regression(cfg: DictConfig, seed: int) -> Dataset:
     """The book's data: X ~ N(0, 1), y = Xw + b + noise * N(0, 1)."""
+    if cfg.noise < 0:
+        raise ConfigError(f"data.noise={cfg.noise}: a noise level cannot be negative.")
     gen = torch.Generator().manual_seed(seed)
     w = torch.tensor(list(cfg.true_w), dtype=torch.float32)
     n = cfg.n_train + cfg.n_val
@@ -67,6 +70,4 @@ def load_data(cfg: DictConfig, seed: int) -> Dataset:
     for key in ("n_train", "n_val", "batch_size"):
         if key in cfg and cfg[key] < 1:
             raise ConfigError(f"data.{key}={cfg[key]}: must be at least 1 to form a batch.")
-    if cfg.noise < 0:
-        raise ConfigError(f"data.noise={cfg.noise}: a noise level cannot be negative.")
     return LOADERS[cfg.name](cfg, seed)

@@ -17,7 +17,7 @@ to the host in one transfer and written as one event holding many values.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -66,9 +66,10 @@ class ScalarWriter:
 class Monitor:
     """Watches one model during training and writes what it sees to TensorBoard."""
 
-    def __init__(self, run_dir: Path, model: nn.Module, cfg: DictConfig):
+    def __init__(self, run_dir: Path, model: nn.Module, cfg: DictConfig, purge_step: Optional[int] = None):
         self.cfg = cfg
-        self.writer = SummaryWriter(log_dir=str(run_dir))
+        # purge_step: a resumed run drops what the interrupted one wrote after its checkpoint
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
         self.scalars = ScalarWriter(self.writer)
         named = list(model.named_parameters())
         self.names = [n for n, _ in named]

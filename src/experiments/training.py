@@ -13,10 +13,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .checkpoints import save_weights
+from .checkpoints import find_checkpoint, restore_checkpoint, run_dir_of, save_checkpoint, save_weights
 from .data import Dataset
 from .experiment import build_experiment
+from .failures import Interrupted
+from .guards import InterruptGuard, check_finite, check_validation
 from .monitoring import Monitor, flat_hparams, ties_markdown
+from .summary import summary_markdown
 
 log = logging.getLogger(__name__)
 
@@ -41,47 +44,75 @@ def evaluate(model: nn.Module, data: Dataset, chunk: int = 4096) -> float:
 def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] = None) -> float:
     """Build, initialize, train and log the experiment ``cfg`` into ``run_dir``.
 
-    Returns the final validation loss, the number a sweeper minimises.
+    With ``trainer.resume`` it continues a run from its checkpoint instead (in that run's
+    folder). Returns the final validation loss, the number a sweeper minimises.
     """
     run_dir = Path(run_dir)
-    exp = build_experiment(cfg)
+    exp = build_experiment(cfg)  # every config check happens here, before anything is written
     model, data = exp.model, exp.data
-    save_weights(model, run_dir / "weights_init.pt")
-
     optimizer = instantiate(cfg.optim)(model.parameters())
     loss_fn = loss_function(data.task)
     shuffle = torch.Generator().manual_seed(cfg.trainer.seed + 1)
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
 
-    monitor = Monitor(run_dir, model, cfg.telemetry)
-    monitor.text("config", "    " + OmegaConf.to_yaml(cfg, resolve=True).replace("\n", "\n    "))
-    monitor.text("ties", ties_markdown(exp.manifest))
-    monitor.hparams(flat_hparams(cfg, choices or {}))
+    step, epoch, skip = 0, 1, 0
+    checkpoint = find_checkpoint(cfg.trainer.resume, run_dir) if cfg.trainer.resume else None
+    if checkpoint:
+        run_dir = run_dir_of(checkpoint)
+        state = restore_checkpoint(checkpoint, model, optimizer)
+        step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
+        shuffle.set_state(state["rng"]["shuffle"])
+        log.info("resuming from %s at step %d (epoch %d, %d batches done)", checkpoint, step, epoch, skip)
+    else:
+        save_weights(model, run_dir / "weights_init.pt")
 
-    epochs, step, val_loss = cfg.trainer.epochs, 0, float("nan")
-    log.info("training %s (%d parameters, %d tied groups) on %s for %d epochs of %d steps",
+    monitor = Monitor(run_dir, model, cfg.telemetry, purge_step=step + 1 if checkpoint else None)
+    if not checkpoint:
+        monitor.text("config", "    " + config_yaml.replace("\n", "\n    "))
+        monitor.text("ties", ties_markdown(exp.manifest))
+        monitor.text("summary", summary_markdown(model, exp.init_rules))
+        monitor.hparams(flat_hparams(cfg, choices or {}))
+
+    epochs, val_loss = cfg.trainer.epochs, float("nan")
+    every = cfg.trainer.checkpoint_every
+    log.info("training %s (%d parameters, %d tied) on %s: %d epochs of %d steps; run folder %s",
              cfg.model.name, sum(p.numel() for p in model.parameters()), len(exp.manifest),
-             exp.device, epochs, data.steps_per_epoch())
-    try:
-        for epoch in range(1, epochs + 1):
-            started = time.perf_counter()
-            epoch_loss = torch.zeros((), device=exp.device)
-            model.train()
-            for x, y in data.batches(shuffle):
-                step += 1
-                loss = loss_fn(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                monitor.after_backward(step)
-                optimizer.step()
-                monitor.after_step(step, loss)
-                epoch_loss += loss.detach()
-            model.eval()
-            val_loss = evaluate(model, data)
-            monitor.epoch_end(step, val_loss)
-            log.info("epoch %d/%d  step %d  loss/train %.6f  loss/val %.6f  (%.2fs)", epoch, epochs, step,
-                     float(epoch_loss) / data.steps_per_epoch(), val_loss, time.perf_counter() - started)
-    finally:
-        monitor.close()
+             exp.device, epochs, data.steps_per_epoch(), run_dir)
+    with InterruptGuard() as interrupt:
+        try:
+            while epoch <= epochs:
+                started, epoch_start = time.perf_counter(), shuffle.get_state()
+                epoch_loss, done_here = torch.zeros((), device=exp.device), 0
+                model.train()
+                for x, y in data.batches(shuffle, skip):
+                    step, skip, done_here = step + 1, skip + 1, done_here + 1
+                    loss = loss_fn(model(x), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    check_finite(step, loss, monitor.names, monitor.params)
+                    monitor.after_backward(step)
+                    optimizer.step()
+                    monitor.after_step(step, loss)
+                    epoch_loss += loss.detach()
+                    if interrupt.signum:
+                        path = save_checkpoint(run_dir, model, optimizer, step=step, epoch=epoch, batch_in_epoch=skip,
+                                               shuffle_state=epoch_start, config_yaml=config_yaml, numbered=False)
+                        raise Interrupted(f"stopped by {interrupt.name} at step {step}; checkpoint written to {path}.",
+                                          interrupt.signum, run_dir)
+                model.eval()
+                val_loss = evaluate(model, data)
+                check_validation(step, val_loss, monitor.names, monitor.params)
+                monitor.epoch_end(step, val_loss)
+                log.info("epoch %d/%d  step %d  loss/train %.6f  loss/val %.6f  (%.2fs)", epoch, epochs, step,
+                         float(epoch_loss) / max(done_here, 1), val_loss, time.perf_counter() - started)
+                epoch, skip = epoch + 1, 0
+                save_checkpoint(run_dir, model, optimizer, step=step, epoch=epoch, batch_in_epoch=0,
+                                shuffle_state=shuffle.get_state(), config_yaml=config_yaml,
+                                numbered=every > 0 and (epoch - 1) % every == 0)
+        finally:
+            monitor.close()
+    if val_loss != val_loss:  # resumed a run that had already finished its epochs
+        val_loss = evaluate(model.eval(), data)
     save_weights(model, run_dir / "weights_final.pt")
-    log.info("done: loss/val %.6f; TensorBoard: tensorboard --logdir %s", val_loss, run_dir)
+    log.info("done: loss/val %.6f; see it with: tensorboard --logdir %s", val_loss, run_dir)
     return val_loss
