@@ -29,7 +29,7 @@ def test_tied_xavier_writes_every_tag(tied_run):
     expected = {"loss/train", "loss/val", "tied/2.weight/grad_norm", "tied/2.bias/grad_norm"}
     expected |= {f"{kind}/{name}" for kind in ("param_norm", "grad_norm") for name in TIED_PARAMS}
     assert expected <= scalars
-    assert not any("4.weight" in tag for tag in scalars)  # a tied parameter is logged once
+    assert not any(tag.startswith(("param_norm/4.", "grad_norm/4.")) for tag in scalars)  # a tied parameter once
     hists = set(acc.Tags()["histograms"])
     assert {f"{kind}/{name}" for kind in ("param", "grad") for name in TIED_PARAMS} <= hists
     assert {"config/text_summary", "ties/text_summary"} <= set(acc.Tags()["tensors"])
@@ -106,3 +106,29 @@ def test_unknown_key_fails_fast_and_names_it(tmp_path):
     result = run_cli(["model.widht=3", f"hydra.run.dir={tmp_path / 'r'}"])
     assert result.returncode != 0
     assert "widht" in result.stderr
+
+
+def test_all_signals_write_every_tag(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(["model=tied", "telemetry=all", "trainer.epochs=2", f"hydra.run.dir={run_dir}"])
+    assert result.returncode == 0, result.stderr
+    acc = read_events(run_dir)
+    scalars = set(acc.Tags()["scalars"])
+    expected = {"tied/2.weight/cancellation", "tied/2.bias/cancellation"}
+    expected |= {f"tied/2.{leaf}/use/{i}.{leaf}/{kind}" for leaf in ("weight", "bias") for i in (2, 4)
+                 for kind in ("grad_norm", "cos")}
+    expected |= {f"update_ratio/{name}" for name in TIED_PARAMS}
+    expected |= {f"act/{layer}/{stat}" for layer in range(7) for stat in ("mean", "std")}
+    expected |= {f"act/{layer}/dead_frac" for layer in (1, 3, 5)}  # the ReLUs; 2 and 4 are the shared layer's uses
+    assert expected <= scalars, expected - scalars
+    assert [e.step for e in acc.Scalars("tied/2.weight/use/4.weight/cos")] == list(range(1, 65))
+    for e in acc.Scalars("tied/2.weight/cancellation"):
+        assert 0.0 <= e.value <= 1.0 + 1e-6
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    assert charts["2.weight: gradient norm of each use and their sum"] == [
+        r"tied/2\.weight/grad_norm", r"tied/2\.weight/use/2\.weight/grad_norm", r"tied/2\.weight/use/4\.weight/grad_norm"]
+    summary = acc.Tensors("summary/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "| 2.weight | 2.weight, 4.weight | (8, 8) | 64 | 2 |" in summary and "**121**" in summary

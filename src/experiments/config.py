@@ -113,7 +113,9 @@ class TelemetryConfig:
     loss: Signal = field(default_factory=lambda: Signal(True, 1))
     param_norm: Signal = field(default_factory=lambda: Signal(True, 10))
     grad_norm: Signal = field(default_factory=lambda: Signal(True, 10))
-    tied: Signal = field(default_factory=lambda: Signal(True, 10))
+    tied: Signal = field(default_factory=lambda: Signal(True, 10))  # summed and per-use gradients
+    activations: Signal = field(default_factory=lambda: Signal(True, 10))
+    update_ratio: Signal = field(default_factory=lambda: Signal(True, 10))
     histograms: Signal = field(default_factory=lambda: Signal(True, 100))
 
 

@@ -14,7 +14,7 @@ from .config import ConfigError
 from .data import Dataset, load_data
 from .initialization import initialize
 from .models import build_model, materialize
-from .tying import TieManifest, apply_param_ties, tie_manifest
+from .tying import TieManifest, apply_param_ties, tie_manifest, verify_ties
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,16 @@ class Experiment:
 
 def build_experiment(cfg: DictConfig) -> Experiment:
     """Seed, load the data, build the model, materialize lazy layers on a sample batch,
-    apply parameter ties and initialize. Same seed, same model and data."""
+    apply parameter ties, initialize, then move to the device and check the ties held.
+    Same seed, same model and data."""
     device = resolve_device(cfg.trainer.device)
     torch.manual_seed(cfg.trainer.seed)
-    data = load_data(cfg.data, cfg.trainer.seed).to(device)
-    model = build_model(cfg.model).to(device)
+    data = load_data(cfg.data, cfg.trainer.seed)
+    model = build_model(cfg.model)
     materialize(model, data.sample_batch())
     apply_param_ties(model, cfg.model.tie)
-    init_rules = initialize(model, cfg.init)
-    return Experiment(model, data, device, init_rules, tie_manifest(model))
+    init_rules = initialize(model, cfg.init)  # on the CPU: the same initial values on every device
+    manifest = tie_manifest(model)
+    model.to(device)
+    verify_ties(model, manifest)  # a device move must not split a tie
+    return Experiment(model, data.to(device), device, init_rules, manifest)

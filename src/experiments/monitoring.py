@@ -6,7 +6,11 @@ The tags are a contract that dashboards are built on:
 - ``param_norm/<name>`` and ``grad_norm/<name>`` for every unique parameter, named
   as ``named_parameters()`` names it;
 - ``tied/<name>/grad_norm`` for each tied parameter: the norm of the gradient autograd
-  summed over its uses; the aliases are in the ``ties`` text summary;
+  summed over its uses; ``tied/<name>/use/<alias>/grad_norm`` and ``.../cos`` for each use
+  (``<alias>`` the state_dict name of that use) and ``tied/<name>/cancellation``; the aliases
+  are in the ``ties`` text summary and each parameter has a custom-scalars chart;
+- ``act/<layer>/mean|std|dead_frac`` per layer (per use for a tied layer) and
+  ``update_ratio/<name>`` (||w_after - w_before|| / ||w_before|| of one optimizer step);
 - histograms ``param/<name>`` and ``grad/<name>`` on their own, slower cadence;
 - the run's hparams (written into the run's own folder) and its resolved config as text.
 
@@ -17,7 +21,9 @@ to the host in one transfer and written as one event holding many values.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+import re
+from functools import partial
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -26,6 +32,8 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from .activations import ActivationStats
+from .tied_gradients import UseGradients, mismatch, use_statistics
 from .tying import tie_groups
 
 METRIC_TAGS = ("loss/train", "loss/val")
@@ -37,12 +45,17 @@ def fused_norms(tensors: List[torch.Tensor]) -> List[torch.Tensor]:
 
 
 class ScalarWriter:
-    """Collects a step's scalars as device tensors; writes them as one event."""
+    """Collects a step's scalars as device tensors; writes them as one event.
+
+    Checks (an error and its tolerance, as tensors) travel in the same host transfer and are
+    verified before anything is written: a failed check raises instead of logging.
+    """
 
     def __init__(self, writer: SummaryWriter):
         self.writer = writer
         self.tags: List[str] = []
         self.values: List[torch.Tensor] = []
+        self.checks: List[Tuple[Callable[[float, float], Exception], torch.Tensor, torch.Tensor]] = []
 
     def add(self, tag: str, value: torch.Tensor) -> None:
         self.tags.append(tag)
@@ -52,19 +65,34 @@ class ScalarWriter:
         self.tags.extend(tags)
         self.values.extend(values)
 
+    def check(self, error: torch.Tensor, tolerance: torch.Tensor, fail: Callable[[float, float], Exception]) -> None:
+        self.checks.append((fail, error, tolerance))
+
     def flush(self, step: int) -> Dict[str, float]:
-        if not self.tags:
+        if not self.tags and not self.checks:
             return {}
-        host = torch.stack([v.detach().float().reshape(()) for v in self.values]).tolist()
-        summary = Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in zip(self.tags, host)])
-        self.writer._get_file_writer().add_summary(summary, step)
-        written = dict(zip(self.tags, host))
-        self.tags, self.values = [], []
+        tensors = self.values + [t for _, e, tol in self.checks for t in (e, tol)]
+        host = torch.stack([v.detach().float().reshape(()) for v in tensors]).tolist()
+        values, checks = host[: len(self.tags)], host[len(self.tags):]
+        failed = [(fail, e, tol) for (fail, _, _), e, tol in zip(self.checks, checks[::2], checks[1::2])
+                  if not e <= tol]
+        written = dict(zip(self.tags, values))
+        self.tags, self.values, self.checks = [], [], []
+        if failed:
+            fail, e, tol = failed[0]
+            raise fail(e, tol)
+        if written:
+            summary = Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in written.items()])
+            self.writer._get_file_writer().add_summary(summary, step)
         return written
 
 
 class Monitor:
-    """Watches one model during training and writes what it sees to TensorBoard."""
+    """Watches one model during training and writes what it sees to TensorBoard.
+
+    The loop calls ``before_forward``, ``after_backward`` (before ``optimizer.step()``) and
+    ``after_step`` each step; each signal does work only on the steps it is due.
+    """
 
     def __init__(self, run_dir: Path, model: nn.Module, cfg: DictConfig, purge_step: Optional[int] = None):
         self.cfg = cfg
@@ -74,13 +102,26 @@ class Monitor:
         named = list(model.named_parameters())
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
-        self.tied = {g.canonical for g in tie_groups(model)}
+        self.groups = tie_groups(model)
+        self.tied = {g.canonical for g in self.groups}
+        on = lambda signal: cfg.enabled and cfg[signal].enabled  # noqa: E731
+        self.uses = UseGradients(model, self.groups) if on("tied") and self.groups else None
+        self.acts = ActivationStats(model) if on("activations") else None
+        self._before: Optional[List[torch.Tensor]] = None
         self._loss_sum = None
         self._loss_steps = 0
+        if self.uses:
+            self.writer.add_custom_scalars(tied_layout(self.groups))
 
     def due(self, signal: str, step: int) -> bool:
         sig = self.cfg[signal]
         return self.cfg.enabled and sig.enabled and step % sig.every == 0
+
+    def before_forward(self, step: int) -> None:
+        if self.uses and self.due("tied", step):
+            self.uses.start()
+        if self.acts and self.due("activations", step):
+            self.acts.start()
 
     def after_backward(self, step: int) -> None:
         """Record what the gradients look like (call before ``optimizer.step()``)."""
@@ -93,6 +134,16 @@ class Monitor:
                     self.scalars.add(f"grad_norm/{name}", norm)
                 if want_tied and name in self.tied:
                     self.scalars.add(f"tied/{name}/grad_norm", norm)
+        if self.uses and self.uses.active:
+            self.uses.stop()
+            for group in self.groups:
+                uses = self.uses.ordered(group)
+                if uses and group.param.grad is not None:
+                    tags, values, (error, tolerance) = use_statistics(group.canonical, group.param, uses)
+                    self.scalars.extend(tags, values)
+                    self.scalars.check(error, tolerance, partial(mismatch, group.canonical, list(uses)))
+        if self.due("update_ratio", step):
+            self._before = [p.detach().clone() for p in self.params]
         if self.due("histograms", step):
             for name, p in zip(self.names, self.params):
                 if p.grad is not None:
@@ -108,6 +159,14 @@ class Monitor:
             self._loss_sum, self._loss_steps = None, 0
         if self.due("param_norm", step):
             self.scalars.extend([f"param_norm/{n}" for n in self.names], fused_norms(self.params))
+        if self._before is not None:
+            deltas = torch._foreach_sub([p.detach() for p in self.params], self._before)
+            ratios = torch.stack(fused_norms(deltas)) / torch.stack(fused_norms(self._before)).clamp_min(1e-30)
+            self.scalars.extend([f"update_ratio/{n}" for n in self.names], list(ratios.unbind()))
+            self._before = None
+        if self.acts and self.acts.active:
+            for tag, value in self.acts.collect():
+                self.scalars.add(tag, value)
         if self.due("histograms", step):
             for name, p in zip(self.names, self.params):
                 self.writer.add_histogram(f"param/{name}", p.detach(), step)
@@ -126,8 +185,20 @@ class Monitor:
             self.writer._get_file_writer().add_summary(summary)
 
     def close(self) -> None:
+        for hooks in (self.uses, self.acts):
+            if hooks:
+                hooks.close()
         self.writer.flush()
         self.writer.close()
+
+
+def tied_layout(groups) -> Dict[str, Dict[str, list]]:
+    """Custom-scalars layout: one chart per tied parameter with its uses and their sum."""
+    charts = {}
+    for g in groups:
+        tags = [f"tied/{g.canonical}/grad_norm"] + [f"tied/{g.canonical}/use/{a}/grad_norm" for a in g.aliases]
+        charts[f"{g.canonical}: gradient norm of each use and their sum"] = ["Multiline", [re.escape(t) for t in tags]]
+    return {"tied parameters": charts}
 
 
 def ties_markdown(manifest: Mapping[str, List[str]]) -> str:

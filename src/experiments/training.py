@@ -86,6 +86,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
                 model.train()
                 for x, y in data.batches(shuffle, skip):
                     step, skip, done_here = step + 1, skip + 1, done_here + 1
+                    monitor.before_forward(step)
                     loss = loss_fn(model(x), y)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()

@@ -47,6 +47,14 @@ def tie_manifest(model: nn.Module) -> TieManifest:
     return {g.canonical: g.aliases for g in tie_groups(model)}
 
 
+def module_sites(model: nn.Module) -> Dict[nn.Module, List[str]]:
+    """Every module -> all the names it has in the model (a shared module has several, in order)."""
+    sites: Dict[nn.Module, List[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        sites.setdefault(module, []).append(name)
+    return sites
+
+
 def _owner(model: nn.Module, name: str, where: str):
     module_path, _, leaf = name.rpartition(".")
     try:

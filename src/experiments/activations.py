@@ -1,0 +1,61 @@
+"""Per-layer output statistics, the usual way to judge an initialization scheme.
+
+For every leaf module: the mean and standard deviation of its output, and for a ReLU the
+fraction of its units that are dead on the batch (exactly zero for every example; a unit is
+one output feature/channel, everything but the batch dimension). A module used several times
+(a tied layer) is reported once per use, under the name of that use. Statistics stay on the
+device; hooks are active only on the steps that log them.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+
+from .tying import module_sites
+
+DEAD_UNIT_TYPES = (nn.ReLU, nn.ReLU6)
+
+
+def dead_fraction(output: torch.Tensor) -> torch.Tensor:
+    """Fraction of units that are zero for every example of the batch (dim 0)."""
+    return (output == 0).all(dim=0).float().mean()
+
+
+class ActivationStats:
+    def __init__(self, model: nn.Module):
+        self.active = False
+        self.values: List[Tuple[str, torch.Tensor]] = []
+        sites = module_sites(model)
+        self._sites = {m: names for m, names in sites.items() if m is not model and not list(m.children())}
+        self._calls: Dict[nn.Module, int] = {}
+        self._handles = [model.register_forward_pre_hook(lambda m, a: self._calls.clear())]
+        self._handles += [m.register_forward_hook(self._record) for m in self._sites]
+
+    def _record(self, module: nn.Module, args, output) -> None:
+        if not self.active or not isinstance(output, torch.Tensor):
+            return
+        k = self._calls.get(module, 0)
+        self._calls[module] = k + 1
+        names = self._sites[module]
+        name = names[k] if k < len(names) else f"{names[-1]}#{k}"
+        out = output.detach()
+        std, mean = torch.std_mean(out.float()) if out.numel() > 1 else (out.new_zeros(()), out.float().mean())
+        self.values += [(f"act/{name}/mean", mean), (f"act/{name}/std", std)]
+        if isinstance(module, DEAD_UNIT_TYPES):
+            self.values.append((f"act/{name}/dead_frac", dead_fraction(out)))
+
+    def start(self) -> None:
+        self.values = []
+        self.active = True
+
+    def collect(self) -> List[Tuple[str, torch.Tensor]]:
+        self.active = False
+        values, self.values = self.values, []
+        return values
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()

@@ -1,0 +1,124 @@
+"""Each use's own gradient of a tied parameter.
+
+Autograd sums the gradients of every place a tied parameter is used into one ``.grad``.
+To see each use's part, every call of a module that holds a tied parameter gets its own
+view of it (``p.view_as(p)``) for the duration of that call; a hook on the view keeps the
+gradient that flows into it. The views' gradients add up to ``.grad``. Works for any module
+that reads its parameters as attributes (Linear, LayerNorm, Conv1d, ...), for a module used
+any number of times, and for one parameter tied between different modules. No host sync
+happens in a hook; capture is switched on only for the steps that log it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+
+from .failures import RunFailed
+from .tying import TieGroup, module_sites
+
+
+class TieGradientMismatch(RunFailed):
+    """The uses' gradients of a tied parameter do not add up to its ``.grad``."""
+
+
+class UseGradients:
+    """Captures, per tied parameter, the gradient each use contributes."""
+
+    def __init__(self, model: nn.Module, groups: List[TieGroup]):
+        self.groups = groups
+        self.active = False
+        self.grads: Dict[str, Dict[str, torch.Tensor]] = defaultdict(dict)  # canonical -> alias -> grad
+        canonical_of = {id(g.param): g.canonical for g in groups}
+        sites = module_sites(model)
+        self._leaves: Dict[nn.Module, List[Tuple[str, str]]] = {}  # module -> [(leaf, canonical)]
+        for module in sites:
+            leaves = [(leaf, canonical_of[id(p)]) for leaf, p in module._parameters.items()
+                      if p is not None and id(p) in canonical_of]
+            if leaves:
+                self._leaves[module] = leaves
+        self._sites = {m: sites[m] for m in self._leaves}
+        self._calls: Dict[nn.Module, int] = {}
+        self._saved: Dict[nn.Module, List[Dict[str, nn.Parameter]]] = defaultdict(list)
+        self._handles = [model.register_forward_pre_hook(self._reset)]
+        for module in self._leaves:
+            self._handles.append(module.register_forward_pre_hook(self._give_views))
+            self._handles.append(module.register_forward_hook(self._restore))
+
+    def _reset(self, model, args) -> None:
+        self._calls.clear()
+
+    def _give_views(self, module: nn.Module, args) -> None:
+        if not self.active:
+            return
+        k = self._calls.get(module, 0)
+        self._calls[module] = k + 1
+        names = self._sites[module]
+        site = names[k] if k < len(names) else f"{names[-1]}#{k}"
+        saved = {}
+        for leaf, canonical in self._leaves[module]:
+            param = module._parameters[leaf]
+            view = param.view_as(param)
+            view.register_hook(self._keeper(canonical, f"{site}.{leaf}"))
+            saved[leaf] = param
+            module._parameters[leaf] = view  # read by forward as self.<leaf>, for this call only
+        self._saved[module].append(saved)
+
+    def _restore(self, module: nn.Module, args, output) -> None:
+        if self.active and self._saved[module]:
+            module._parameters.update(self._saved[module].pop())
+
+    def _keeper(self, canonical: str, alias: str):
+        def keep(grad: torch.Tensor) -> None:
+            uses = self.grads[canonical]
+            uses[alias] = grad if alias not in uses else uses[alias] + grad
+        return keep
+
+    def ordered(self, group: TieGroup) -> Dict[str, torch.Tensor]:
+        """The uses of ``group`` in model order (backward delivers them last use first)."""
+        uses = self.grads.get(group.canonical, {})
+        rank = {alias: i for i, alias in enumerate(group.aliases)}
+        return {a: uses[a] for a in sorted(uses, key=lambda a: (rank.get(a.split("#")[0], len(rank)), a))}
+
+    def start(self) -> None:
+        self.grads.clear()
+        self.active = True
+
+    def stop(self) -> None:
+        self.active = False
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def use_statistics(name: str, param: nn.Parameter, uses: Dict[str, torch.Tensor]):
+    """Tags and device tensors for one tied parameter, plus the sum check as (error, tolerance).
+
+    ``cos`` is each use's cosine with the summed gradient (``.grad``); ``cancellation`` is
+    ||sum of uses|| / sum of ||use|| (1 when the uses agree, near 0 when they cancel).
+    """
+    aliases = list(uses)
+    stacked = torch.stack([uses[a].reshape(-1) for a in aliases]).float()
+    total = param.grad.reshape(-1).float()
+    norms = torch.linalg.vector_norm(stacked, dim=1)
+    total_norm = torch.linalg.vector_norm(total)
+    cos = (stacked @ total) / (norms * total_norm).clamp_min(1e-30)
+    cancellation = torch.linalg.vector_norm(stacked.sum(0)) / norms.sum().clamp_min(1e-30)
+    error = torch.linalg.vector_norm(stacked.sum(0) - total)
+    tolerance = 1e-5 * stacked.shape[0] * (norms.sum() + 1e-12)
+    tags = [f"tied/{name}/use/{a}/grad_norm" for a in aliases] + [f"tied/{name}/use/{a}/cos" for a in aliases]
+    tags.append(f"tied/{name}/cancellation")
+    values = [*norms.unbind(), *cos.unbind(), cancellation]
+    return tags, values, (error, tolerance)
+
+
+def mismatch(name: str, uses: List[str], error: float, tolerance: float) -> TieGradientMismatch:
+    return TieGradientMismatch(
+        f"the per-use gradients of tied parameter '{name}' ({', '.join(uses)}) do not add up to its "
+        f".grad: they differ by {error:.3g} (tolerance {tolerance:.3g}). A module that reads its "
+        f"parameter other than as an attribute, or a hook that edits gradients, can cause this."
+    )
