@@ -29,7 +29,7 @@ class ModelConfig:
     bottleneck: int = 4  # inner width of a nested block
     uses: int = 2  # how many times the tied network calls its shared layer
     activation: str = "torch.nn.ReLU"
-    out_features: int = 1  # width of the last layer
+    out_features: int = 1  # width of the last layer (the model YAMLs take it from data.num_outputs)
     lazy: bool = True  # LazyLinear & co. where an input size is not given
     shared: Dict[str, Any] = field(default_factory=dict)  # name -> layer spec, one object
     layers: List[Any] = MISSING
@@ -59,16 +59,58 @@ class InitConfig:
 
 @dataclass
 class DataConfig:
+    """What every dataset has: its task and output width (the model's last layer follows it)."""
+
+    name: str = MISSING
+    task: str = "regression"  # regression (MSE) | classification (cross-entropy, acc/* metrics)
+    num_outputs: Optional[int] = 1  # width of the model's last layer; None: found from the data
+    batch_size: int = 32
+
+
+@dataclass
+class SyntheticDataConfig(DataConfig):
     """The book's synthetic regression data: y = Xw + b + noise * N(0, 1)."""
 
     name: str = "synthetic"
-    task: str = "regression"
     true_w: List[float] = field(default_factory=lambda: [2.0, -3.4, 1.0, -0.5])
     true_b: float = 4.2
     noise: float = 0.01
     n_train: int = 1000
     n_val: int = 1000
-    batch_size: int = 32
+
+
+@dataclass
+class DigitsDataConfig(DataConfig):
+    """scikit-learn's bundled 8x8 handwritten digits (no download)."""
+
+    name: str = "digits"
+    task: str = "classification"
+    num_outputs: Optional[int] = 10
+    val_fraction: float = 0.2
+
+
+@dataclass
+class FashionMNISTConfig(DataConfig):
+    """The four standard IDX files of Fashion-MNIST in ``root``."""
+
+    name: str = "fashion_mnist"
+    task: str = "classification"
+    num_outputs: Optional[int] = 10
+    root: str = "data/fashion_mnist"
+    download: bool = False
+    batch_size: int = 256
+
+
+@dataclass
+class CSVDataConfig(DataConfig):
+    """A table of the user's: ``target`` column predicted from ``features`` (None: every other column)."""
+
+    name: str = "csv"
+    path: str = MISSING
+    target: str = MISSING
+    features: Optional[List[str]] = None
+    num_outputs: Optional[int] = None
+    val_fraction: float = 0.2
 
 
 @dataclass
@@ -122,7 +164,10 @@ class TelemetryConfig:
 SCHEMAS = {
     "model": ModelConfig,
     "init": InitConfig,
-    "data": DataConfig,
+    "data/synthetic": SyntheticDataConfig,
+    "data/digits": DigitsDataConfig,
+    "data/fashion_mnist": FashionMNISTConfig,
+    "data/csv": CSVDataConfig,
     "optim/sgd": SGDConfig,
     "optim/adam": AdamConfig,
     "trainer": TrainerConfig,

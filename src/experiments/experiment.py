@@ -47,6 +47,8 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     device = resolve_device(cfg.trainer.device)
     torch.manual_seed(cfg.trainer.seed)
     data = load_data(cfg.data, cfg.trainer.seed)
+    if cfg.data.num_outputs is None:  # "from the data": the model's last layer interpolates this
+        cfg.data.num_outputs = data.num_outputs
     model = build_model(cfg.model)
     materialize(model, data.sample_batch())
     apply_param_ties(model, cfg.model.tie)

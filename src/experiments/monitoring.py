@@ -2,7 +2,8 @@
 
 The tags are a contract that dashboards are built on:
 
-- ``loss/train`` (mean over the steps since the last point), ``loss/val`` (each epoch);
+- ``loss/train`` (mean over the steps since the last point), ``loss/val`` (each epoch), and
+  for classification ``acc/train`` and ``acc/val``;
 - ``param_norm/<name>`` and ``grad_norm/<name>`` for every unique parameter, named
   as ``named_parameters()`` names it;
 - ``tied/<name>/grad_norm`` for each tied parameter: the norm of the gradient autograd
@@ -94,8 +95,10 @@ class Monitor:
     ``after_step`` each step; each signal does work only on the steps it is due.
     """
 
-    def __init__(self, run_dir: Path, model: nn.Module, cfg: DictConfig, purge_step: Optional[int] = None):
+    def __init__(self, run_dir: Path, model: nn.Module, cfg: DictConfig, purge_step: Optional[int] = None,
+                 classification: bool = False):
         self.cfg = cfg
+        self.classification = classification
         # purge_step: a resumed run drops what the interrupted one wrote after its checkpoint
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
         self.scalars = ScalarWriter(self.writer)
@@ -108,7 +111,7 @@ class Monitor:
         self.uses = UseGradients(model, self.groups) if on("tied") and self.groups else None
         self.acts = ActivationStats(model) if on("activations") else None
         self._before: Optional[List[torch.Tensor]] = None
-        self._loss_sum = None
+        self._loss_sum = self._acc_sum = None
         self._loss_steps = 0
         if self.uses:
             self.writer.add_custom_scalars(tied_layout(self.groups))
@@ -149,14 +152,20 @@ class Monitor:
                 if p.grad is not None:
                     self.writer.add_histogram(f"grad/{name}", p.grad.detach(), step)
 
-    def after_step(self, step: int, loss: torch.Tensor) -> Dict[str, float]:
-        """Record the loss and the parameters after ``optimizer.step()``; write the step's event."""
+    def after_step(self, step: int, loss: torch.Tensor, output: Optional[torch.Tensor] = None,
+                   target: Optional[torch.Tensor] = None) -> Dict[str, float]:
+        """Record the loss (and accuracy) and the parameters after ``optimizer.step()``; write the step's event."""
         loss = loss.detach()
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        if self.classification and output is not None:
+            acc = (output.detach().argmax(-1) == target).float().mean()
+            self._acc_sum = acc if self._acc_sum is None else self._acc_sum + acc
         self._loss_steps += 1
         if self.cfg.loss.enabled and step % self.cfg.loss.every == 0:
             self.scalars.add("loss/train", self._loss_sum / self._loss_steps)
-            self._loss_sum, self._loss_steps = None, 0
+            if self._acc_sum is not None:
+                self.scalars.add("acc/train", self._acc_sum / self._loss_steps)
+            self._loss_sum, self._acc_sum, self._loss_steps = None, None, 0
         if self.due("param_norm", step):
             self.scalars.extend([f"param_norm/{n}" for n in self.names], fused_norms(self.params))
         if self._before is not None:
@@ -172,8 +181,9 @@ class Monitor:
                 self.writer.add_histogram(f"param/{name}", p.detach(), step)
         return self.scalars.flush(step)
 
-    def epoch_end(self, step: int, val_loss: float) -> None:
-        self.writer.add_scalar("loss/val", val_loss, step)
+    def epoch_end(self, step: int, metrics: Mapping[str, float]) -> None:
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, step)
         self.writer.flush()
 
     def text(self, tag: str, markdown: str) -> None:
@@ -181,7 +191,8 @@ class Monitor:
 
     def hparams(self, values: Mapping[str, object]) -> None:
         """HParams summaries in the run's own folder; metrics are the ``METRIC_TAGS`` curves."""
-        for summary in hparams(dict(values), {tag: 0.0 for tag in METRIC_TAGS}):
+        tags = METRIC_TAGS + (("acc/train", "acc/val") if self.classification else ())
+        for summary in hparams(dict(values), {tag: 0.0 for tag in tags}):
             self.writer._get_file_writer().add_summary(summary)
 
     def close(self) -> None:

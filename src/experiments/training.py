@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Dict, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,16 +29,21 @@ def loss_function(task: str):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, chunk: int = 4096) -> float:
-    """Mean loss over the validation set."""
+def evaluate(model: nn.Module, data: Dataset, chunk: int = 4096) -> Dict[str, float]:
+    """Mean loss (and accuracy, for classification) over the validation set."""
     loss_fn = loss_function(data.task)
     total = torch.zeros((), device=data.val_x.device)
+    correct = torch.zeros((), device=data.val_x.device)
     n = data.val_x.shape[0]
     for start in range(0, n, chunk):
         x, y = data.val_x[start:start + chunk], data.val_y[start:start + chunk]
-        total += loss_fn(model(x), y, reduction="sum")
-    per_row = 1 if data.task == "classification" else data.val_y[0].numel()  # MSE sums every output
-    return float(total) / (n * per_row)
+        out = model(x)
+        total += loss_fn(out, y, reduction="sum")
+        if data.task == "classification":
+            correct += (out.argmax(-1) == y).sum()
+    if data.task == "classification":
+        return {"loss/val": float(total) / n, "acc/val": float(correct) / n}
+    return {"loss/val": float(total) / (n * data.val_y[0].numel())}  # MSE sums every output
 
 
 def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] = None) -> float:
@@ -66,7 +71,9 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
     else:
         save_weights(model, run_dir / "weights_init.pt")
 
-    monitor = Monitor(run_dir, model, cfg.telemetry, purge_step=step + 1 if checkpoint else None)
+    classification = data.task == "classification"
+    monitor = Monitor(run_dir, model, cfg.telemetry, purge_step=step + 1 if checkpoint else None,
+                      classification=classification)
     if not checkpoint:
         monitor.text("config", "    " + config_yaml.replace("\n", "\n    "))
         monitor.text("ties", ties_markdown(exp.manifest))
@@ -87,13 +94,14 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
                 for x, y in data.batches(shuffle, skip):
                     step, skip, done_here = step + 1, skip + 1, done_here + 1
                     monitor.before_forward(step)
-                    loss = loss_fn(model(x), y)
+                    out = model(x)
+                    loss = loss_fn(out, y)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     check_finite(step, loss, monitor.names, monitor.params)
                     monitor.after_backward(step)
                     optimizer.step()
-                    monitor.after_step(step, loss)
+                    monitor.after_step(step, loss, out, y)
                     epoch_loss += loss.detach()
                     if interrupt.signum:
                         path = save_checkpoint(run_dir, model, optimizer, step=step, epoch=epoch, batch_in_epoch=skip,
@@ -101,11 +109,13 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
                         raise Interrupted(f"stopped by {interrupt.name} at step {step}; checkpoint written to {path}.",
                                           interrupt.signum, run_dir)
                 model.eval()
-                val_loss = evaluate(model, data)
+                metrics = evaluate(model, data)
+                val_loss = metrics["loss/val"]
                 check_validation(step, val_loss, monitor.names, monitor.params)
-                monitor.epoch_end(step, val_loss)
-                log.info("epoch %d/%d  step %d  loss/train %.6f  loss/val %.6f  (%.2fs)", epoch, epochs, step,
-                         float(epoch_loss) / max(done_here, 1), val_loss, time.perf_counter() - started)
+                monitor.epoch_end(step, metrics)
+                log.info("epoch %d/%d  step %d  loss/train %.6f  %s  (%.2fs)", epoch, epochs, step,
+                         float(epoch_loss) / max(done_here, 1),
+                         "  ".join(f"{k} {v:.6f}" for k, v in metrics.items()), time.perf_counter() - started)
                 epoch, skip = epoch + 1, 0
                 save_checkpoint(run_dir, model, optimizer, step=step, epoch=epoch, batch_in_epoch=0,
                                 shuffle_state=shuffle.get_state(), config_yaml=config_yaml,
@@ -113,7 +123,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
         finally:
             monitor.close()
     if val_loss != val_loss:  # resumed a run that had already finished its epochs
-        val_loss = evaluate(model.eval(), data)
+        val_loss = evaluate(model.eval(), data)["loss/val"]
     save_weights(model, run_dir / "weights_final.pt")
     log.info("done: loss/val %.6f; see it with: tensorboard --logdir %s", val_loss, run_dir)
     return val_loss

@@ -1,0 +1,162 @@
+"""Real datasets: digits, Fashion-MNIST's IDX files (written by the test), and CSV tables."""
+
+import gzip
+import hashlib
+import http.server
+import struct
+import threading
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import read_events, run_cli
+from experiments.config import ConfigError
+from experiments.data import load_data
+from experiments.fashion_mnist import FILES, IDXError, download, read_idx
+
+
+def write_idx(path, array: np.ndarray, type_code=0x08):
+    header = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(">u1" if type_code == 0x08 else ">i4").tobytes()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+def test_idx_reader_reads_what_was_written(tmp_path):
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "img.gz", images)
+    assert np.array_equal(read_idx(tmp_path / "img.gz"), images)
+    ints = np.array([[1, -2], [300000, 4]], dtype=np.int32)
+    write_idx(tmp_path / "ints", ints, type_code=0x0C)
+    assert np.array_equal(read_idx(tmp_path / "ints"), ints)
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda raw: b"\x01\x02" + raw[2:], "bad magic number"),
+    (lambda raw: raw[:6], "ends at byte 6"),
+    (lambda raw: raw[:-5], "truncated or corrupted"),
+])
+def test_corrupted_idx_is_a_clear_error(tmp_path, corrupt, message):
+    path = tmp_path / "labels"
+    write_idx(path, np.arange(10, dtype=np.uint8))
+    path.write_bytes(corrupt(path.read_bytes()))
+    with pytest.raises(IDXError, match=message):
+        read_idx(path)
+
+
+def fashion_files(root, n_train=12, n_test=5):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte.gz": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        write_idx(root / name, array)
+    return arrays
+
+
+def test_fashion_mnist_from_idx_files(tmp_path, make_cfg):
+    arrays = fashion_files(tmp_path / "fm")
+    data = load_data(make_cfg(["data=fashion_mnist", f"data.root={tmp_path / 'fm'}"]).data, 0)
+    assert data.train_x.shape == (12, 784) and data.val_x.shape == (5, 784)
+    torch.testing.assert_close(data.train_x[3], torch.tensor(arrays["train-images-idx3-ubyte.gz"][3].reshape(-1) / 255.0,
+                                                             dtype=torch.float32))
+    assert data.train_y.tolist() == arrays["train-labels-idx1-ubyte.gz"].tolist()
+    assert data.train_y.dtype == torch.int64 and data.num_outputs == 10
+    assert 0.0 <= data.train_x.min() and data.train_x.max() <= 1.0
+    with pytest.raises(ConfigError, match="missing train-images-idx3-ubyte.gz.*data.download=true"):
+        load_data(make_cfg(["data=fashion_mnist", f"data.root={tmp_path / 'empty'}"]).data, 0)
+
+
+def test_download_verifies_checksums_over_loopback(tmp_path, caplog):
+    served = tmp_path / "served"
+    arrays = fashion_files(served)
+    sums = {name: hashlib.md5((served / name).read_bytes()).hexdigest() for name in arrays}
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        with caplog.at_level("INFO", logger="experiments.fashion_mnist"):
+            download(tmp_path / "root", url, sums)
+        assert sorted(p.name for p in (tmp_path / "root").iterdir()) == sorted(FILES)
+        assert any("100%" in r.getMessage() for r in caplog.records)  # progress lines
+        bad = {**sums, "t10k-labels-idx1-ubyte.gz": "0" * 32}
+        (tmp_path / "root" / "t10k-labels-idx1-ubyte.gz").unlink()
+        with pytest.raises(ConfigError, match="does not match its MD5"):
+            download(tmp_path / "root", url, bad)
+        assert not (tmp_path / "root" / "t10k-labels-idx1-ubyte.gz").exists()  # nothing corrupt is kept
+    finally:
+        server.shutdown()
+
+
+def write_csv(path, text):
+    path.write_text(text)
+    return path
+
+
+REGRESSION = "a,b,y\n" + "".join(f"{i},{2 * i + 1},{3 * i}\n" for i in range(20))
+
+
+def test_csv_regression_standardizes_with_training_rows(tmp_path, make_cfg):
+    path = write_csv(tmp_path / "t.csv", REGRESSION)
+    data = load_data(make_cfg(["data=csv", f"data.path={path}", "data.target=y"]).data, seed=0)
+    assert data.train_x.shape == (16, 2) and data.val_x.shape == (4, 2) and data.num_outputs == 1
+    torch.testing.assert_close(data.train_x.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(data.train_x.std(0), torch.ones(2))
+    # Undo the standardization with the training rows' statistics: the raw values come back.
+    raw_train = data.train_y / 3  # a = y / 3 for every row
+    a_mean, a_std = raw_train.mean(), raw_train.std()
+    torch.testing.assert_close(data.val_x[:, 0] * a_std + a_mean, data.val_y[:, 0] / 3, rtol=1e-4, atol=1e-4)
+    data_b = load_data(make_cfg(["data=csv", f"data.path={path}", "data.target=y", "data.features=[b]"]).data, 0)
+    assert data_b.train_x.shape == (16, 1)
+
+
+def test_csv_classification_with_named_classes(tmp_path, make_cfg):
+    rows = "".join(f"{i},{i % 3},{['cat', 'dog', 'emu'][i % 3]}\n" for i in range(30))
+    path = write_csv(tmp_path / "c.csv", "x1,x2,label\n" + rows)
+    cfg = make_cfg(["data=csv", f"data.path={path}", "data.target=label", "data.task=classification"])
+    data = load_data(cfg.data, 0)
+    assert data.num_outputs == 3 and data.train_y.dtype == torch.int64
+    assert sorted(set(data.train_y.tolist()) | set(data.val_y.tolist())) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    (None, [], "no such file"),
+    (REGRESSION, ["data.target=price"], "data.target='price': no such column.*Columns: a, b, y"),
+    (REGRESSION, ["data.features=[a,zz]"], "no column 'zz'"),
+    ("a,y\n1,2\n3,oops\n5,6\n", [], "row 3, column 'y' holds 'oops'"),
+    ("a,y\n1,2\nx,4\n5,6\n", [], "row 3, column 'a' holds 'x'"),
+    ("a,y\n1,2\n3\n5,6\n", [], "row 3 has 1 fields"),
+])
+def test_csv_bad_input_names_file_column_row(tmp_path, make_cfg, text, overrides, message):
+    path = tmp_path / "bad.csv"
+    if text is not None:
+        write_csv(path, text)
+    cfg = make_cfg(["data=csv", f"data.path={path}", "data.target=y", *overrides])
+    with pytest.raises(ConfigError, match=message):
+        load_data(cfg.data, 0)
+
+
+def test_digits_reaches_well_above_chance(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(["data=digits", "model=mlp", "model.width=32", "optim=adam", "optim.lr=0.01",
+                      "trainer.epochs=5", f"hydra.run.dir={run_dir}"])
+    assert result.returncode == 0, result.stderr
+    acc = read_events(run_dir)
+    assert acc.Scalars("acc/val")[-1].value > 0.85
+    assert {"acc/train", "loss/train"} <= set(acc.Tags()["scalars"])
+    final = torch.load(run_dir / "weights_final.pt", weights_only=True)["state_dict"]
+    assert final["2.weight"].shape == (10, 32)  # the last layer's width came from the data
+
+
+def test_digits_nested_writes_acc_val(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(["data=digits", "model=nested", "trainer.epochs=1", f"hydra.run.dir={run_dir}"])
+    assert result.returncode == 0, result.stderr
+    values = read_events(run_dir).Scalars("acc/val")
+    assert len(values) == 1 and 0.0 <= values[0].value <= 1.0
