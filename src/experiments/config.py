@@ -139,6 +139,7 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     checkpoint_every: int = 1  # epochs between numbered checkpoints (0: only checkpoints/last.pt)
     resume: Optional[str] = None  # a run folder, a checkpoint file, or "auto" (this run folder's last.pt)
+    freeze: List[str] = field(default_factory=list)  # globs of parameter names that are not trained
 
 
 @dataclass

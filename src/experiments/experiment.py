@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from dataclasses import dataclass
 from typing import Dict
@@ -14,7 +15,7 @@ from .config import ConfigError
 from .data import Dataset, load_data
 from .initialization import initialize
 from .models import build_model, materialize
-from .tying import TieManifest, apply_param_ties, tie_manifest, verify_ties
+from .tying import TieManifest, apply_param_ties, parameter_aliases, tie_manifest, verify_ties
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,18 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise ConfigError(f"trainer.device={name!r}: unknown device; use auto, cpu or cuda.")
     return torch.device(name)
+
+
+def freeze(model: nn.Module, patterns) -> None:
+    """Parameters whose name (any alias) matches a glob get ``requires_grad=False``."""
+    aliases = parameter_aliases(model)
+    params = dict(model.named_parameters())
+    for i, pattern in enumerate(patterns):
+        matched = [n for n in params if any(fnmatch.fnmatchcase(a, pattern) for a in aliases[n])]
+        if not matched:
+            raise ConfigError(f"trainer.freeze[{i}]={pattern!r} matches no parameter. Parameters: {', '.join(params)}.")
+        for name in matched:
+            params[name].requires_grad_(False)
 
 
 @dataclass
@@ -53,6 +66,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     materialize(model, data.sample_batch())
     apply_param_ties(model, cfg.model.tie)
     init_rules = initialize(model, cfg.init)  # on the CPU: the same initial values on every device
+    freeze(model, cfg.trainer.freeze)
     manifest = tie_manifest(model)
     model.to(device)
     verify_ties(model, manifest)  # a device move must not split a tie

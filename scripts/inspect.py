@@ -1,0 +1,62 @@
+"""Inspect a configured model's parameters, or a finished run's.
+
+    python scripts/inspect.py model=tied init=xavier                 # tree, parameter table, totals, ties
+    python scripts/inspect.py model=mlp layer=2                        # net[2].state_dict(), as the seed prints it
+    python scripts/inspect.py model=nested param="0.block 1.2.weight"  # one parameter's values (and .grad)
+    python scripts/inspect.py model=tied format=json                   # the same content as JSON
+    python scripts/inspect.py run=outputs/2026-11-22/10-30-00 compare=init   # a run's final weights vs its initial
+    python scripts/inspect.py run=<run folder> weights=step_00000320          # a named checkpoint
+
+Every other argument is a Hydra override, as for train.py.
+"""
+
+import os
+import sys
+
+# This file is named like the standard library's `inspect`, which torch imports: keep this
+# folder off the module path so that `import inspect` finds the real one.
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+
+OPTIONS = {"layer", "param", "format", "run", "weights", "compare"}
+
+
+def main(argv):
+    options, overrides = {}, []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        (options.__setitem__(key, value) if sep and key in OPTIONS else overrides.append(arg))
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    from experiments.checkpoints import CheckpointError
+    from experiments.config import ConfigError
+    from experiments.inspection import compose_model, load_run, render_json, render_text, report
+
+    try:
+        if options.get("format", "text") not in ("text", "json"):
+            raise ConfigError(f"format={options['format']!r}: use text or json.")
+        if options.get("compare", "init") != "init":
+            raise ConfigError(f"compare={options['compare']!r}: only compare=init is supported.")
+        reference = None
+        if "run" in options:
+            if overrides:
+                raise ConfigError(f"run=... uses the run's saved config; drop the overrides {' '.join(overrides)}.")
+            run = load_run(options["run"], options.get("weights", "final"))
+            exp = run.experiment
+            if "compare" in options:
+                reference = load_run(options["run"], "init").model.state_dict()
+        else:
+            if "compare" in options or "weights" in options:
+                raise ConfigError("compare= and weights= need run=<run folder>.")
+            exp = compose_model(overrides)
+        data = report(exp, options.get("layer"), options.get("param"), reference)
+    except (ConfigError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(render_json(data) if options.get("format") == "json" else render_text(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

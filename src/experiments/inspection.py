@@ -1,0 +1,180 @@
+"""Look at a model's parameters: the seed's "parameter access" for any configured model or finished run.
+
+Notebook use::
+
+    from experiments import compose_model, load_run, parameter_table
+    exp = compose_model(["model=tied", "init=xavier"])      # built, materialized, initialized
+    rows = parameter_table(exp.model, exp.init_rules)        # one dict per unique parameter
+    run = load_run("outputs/2026-11-22/10-30-00")            # a finished run's model, ties verified
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .checkpoints import CheckpointError, checkpoint_dir, load
+from .config import ConfigError
+from .experiment import Experiment, build_experiment
+from .summary import parameter_rows, totals
+from .tying import verify_ties
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config ``python train.py <overrides>`` would run, composed with Hydra's compose API."""
+    from hydra import compose, initialize_config_dir
+
+    from .config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def compose_model(overrides: Sequence[str] = (), device: str = "cpu") -> Experiment:
+    """The model a run with these overrides starts from: same names, same initial values."""
+    cfg = compose_config([*overrides, f"trainer.device={device}"])
+    return build_experiment(cfg)
+
+
+@dataclass
+class LoadedRun:
+    experiment: Experiment
+    cfg: DictConfig
+    weights: Path
+
+    @property
+    def model(self) -> nn.Module:
+        return self.experiment.model
+
+
+def weights_path(run_dir: Path, weights: str = "final") -> Path:
+    """``final``/``init``: the run's weights files; any other name: ``checkpoints/<name>.pt``; or a path."""
+    run_dir = Path(run_dir)
+    candidates = {"final": run_dir / "weights_final.pt", "init": run_dir / "weights_init.pt"}
+    path = candidates.get(weights) or checkpoint_dir(run_dir) / f"{weights.removesuffix('.pt')}.pt"
+    if not path.is_file() and Path(weights).is_file():
+        path = Path(weights)
+    if not path.is_file():
+        have = sorted(p.name for p in [*candidates.values(), *checkpoint_dir(run_dir).glob("*.pt")] if p.is_file())
+        hint = (f"It has: {', '.join(have)}; choose one with weights=<init|final|checkpoint name>." if have
+                else "It has no weights at all (the run failed before writing any; see its failure.txt).")
+        raise CheckpointError(f"{run_dir}: no {path.relative_to(run_dir) if path.is_relative_to(run_dir) else path}. {hint}")
+    return path
+
+
+def load_run(run_dir: Path, weights: str = "final") -> LoadedRun:
+    """A finished (or interrupted) run's model, built from its saved config, with its weights loaded."""
+    run_dir = Path(run_dir)
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"run={run_dir}: not a run folder (no .hydra/config.yaml).")
+    path = weights_path(run_dir, weights)
+    cfg = OmegaConf.load(saved)
+    cfg.trainer.device = "cpu"
+    exp = build_experiment(cfg)
+    state = load(path)
+    if "state_dict" not in state:
+        raise CheckpointError(f"{path}: holds no state_dict.")
+    exp.model.load_state_dict(state["state_dict"])
+    verify_ties(exp.model, state.get("tie_manifest", {}))
+    return LoadedRun(exp, cfg, path)
+
+
+def parameter_table(model: nn.Module, init_rules: Optional[Mapping[str, str]] = None,
+                    reference: Optional[Mapping[str, torch.Tensor]] = None) -> List[Dict[str, Any]]:
+    """One dict per unique parameter: name, aliases, shape, count, uses, requires_grad, init,
+    mean, std, min, max, norm; with ``reference`` (e.g. the initial state_dict) also how far
+    each moved: ``moved`` = ||w - w_ref|| and ``moved_rel`` = moved / ||w_ref||."""
+    params = dict(model.named_parameters())
+    rows = []
+    for row in parameter_rows(model, init_rules):
+        w = params[row.name].detach().double()
+        stats = {"mean": w.mean().item(), "std": w.std().item() if w.numel() > 1 else 0.0,
+                 "min": w.min().item(), "max": w.max().item(), "norm": w.norm().item()}
+        entry = {**row.as_dict(), **stats}
+        if reference is not None:
+            ref = reference[row.name].double()
+            moved = (w - ref).norm().item()
+            entry.update(moved=moved, moved_rel=moved / ref.norm().item() if ref.norm() > 0 else float("inf"))
+        rows.append(entry)
+    return rows
+
+
+def module_names(model: nn.Module) -> List[str]:
+    return [name for name, _ in model.named_modules() if name]
+
+
+def layer(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise ConfigError(f"layer={name!r}: no such layer. Layers: {', '.join(module_names(model))}.") from None
+
+
+def parameter(model: nn.Module, name: str) -> nn.Parameter:
+    found = dict(model.named_parameters(remove_duplicate=False))
+    if name not in found:
+        raise ConfigError(f"param={name!r}: no such parameter. Parameters: {', '.join(found)}.")
+    return found[name]
+
+
+def report(exp: Experiment, layer_name: Optional[str] = None, param_name: Optional[str] = None,
+           reference: Optional[Mapping[str, torch.Tensor]] = None) -> Dict[str, Any]:
+    """Everything the inspect command shows, as plain data."""
+    model = exp.model
+    out: Dict[str, Any] = {
+        "tree": str(model),
+        "parameters": parameter_table(model, exp.init_rules, reference),
+        "totals": totals(model),
+        "ties": exp.manifest,
+    }
+    if layer_name is not None:
+        out["layer"] = {"name": layer_name, "state_dict": {k: v.tolist() for k, v in layer(model, layer_name).state_dict().items()},
+                        "repr": repr(layer(model, layer_name).state_dict())}
+    if param_name is not None:
+        p = parameter(model, param_name)
+        out["param"] = {"name": param_name, "shape": list(p.shape), "values": p.detach().tolist(),
+                        "grad": None if p.grad is None else p.grad.tolist(), "repr": repr(p.detach())}
+    return out
+
+
+def render_text(data: Mapping[str, Any]) -> str:
+    """The inspect command's terminal output."""
+    lines = ["== module tree (print(model)) ==", data["tree"], "", "== parameters (one row per unique parameter) =="]
+    rows = data["parameters"]
+    cols = ["name", "aliases", "shape", "count", "requires_grad", "mean", "std", "min", "max", "norm", "init"]
+    if rows and "moved" in rows[0]:
+        cols += ["moved", "moved_rel"]
+    cell = lambda v: ", ".join(v) if isinstance(v, list) and v and isinstance(v[0], str) else (  # noqa: E731
+        f"{v:.4g}" if isinstance(v, float) else str(tuple(v) if isinstance(v, list) else v))
+    table = [cols] + [[cell(r[c]) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in table]
+    t = data["totals"]
+    lines += ["", "== totals ==",
+              f"unique parameters: {t['unique_tensors']} tensors, {t['unique_numbers']} numbers "
+              f"({t['trainable_numbers']} trainable)",
+              f"state_dict: {t['state_dict_entries']} entries, {t['state_dict_numbers']} numbers "
+              f"(more than the unique count when layers are tied)",
+              "", "== tie groups =="]
+    lines += [f"{name}: {', '.join(aliases)}" for name, aliases in data["ties"].items()] or ["none"]
+    if "layer" in data:
+        lines += ["", f"== {data['layer']['name']}: state_dict() ==", data["layer"]["repr"]]
+    if "param" in data:
+        p = data["param"]
+        lines += ["", f"== {p['name']} {tuple(p['shape'])} ==", p["repr"],
+                  "grad: None (no backward pass has run)" if p["grad"] is None else f"grad: {p['grad']}"]
+    return "\n".join(lines)
+
+
+def render_json(data: Mapping[str, Any]) -> str:
+    return json.dumps({k: v for k, v in data.items()}, indent=2, default=str)
