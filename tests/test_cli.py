@@ -92,16 +92,6 @@ def test_tied_grad_norm_equals_an_independent_replay(tmp_path):
         torch.testing.assert_close(final[name].double(), p, rtol=1e-4, atol=1e-5)
 
 
-def test_same_seed_same_numbers(tmp_path):
-    args = ["model=tied", "trainer.epochs=2"]
-    a = run_cli([*args, f"hydra.run.dir={tmp_path / 'a'}"])
-    b = run_cli([*args, f"hydra.run.dir={tmp_path / 'b'}"])
-    assert a.returncode == b.returncode == 0
-    wa = torch.load(tmp_path / "a" / "weights_final.pt", weights_only=True)["state_dict"]
-    wb = torch.load(tmp_path / "b" / "weights_final.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
 def test_unknown_key_fails_fast_and_names_it(tmp_path):
     result = run_cli(["model.widht=3", f"hydra.run.dir={tmp_path / 'r'}"])
     assert result.returncode != 0

@@ -37,7 +37,12 @@ def reference(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("ref") / "run"
     result = run_cli([*ARGS, f"hydra.run.dir={run_dir}"])
     assert result.returncode == 0, result.stdout + result.stderr
-    return torch.load(run_dir / "weights_final.pt", weights_only=True)["state_dict"]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def reference_weights(reference):
+    return torch.load(reference / "weights_final.pt", weights_only=True)["state_dict"]
 
 
 def assert_same_weights(run_dir, reference):
@@ -53,7 +58,7 @@ def assert_each_step_once(run_dir, steps=1200):
     assert [e.step for e in acc.Scalars("loss/val")] == [300, 600, 900, 1200]
 
 
-def test_sigkill_then_resume_is_exact(tmp_path, reference):
+def test_sigkill_then_resume_is_exact(tmp_path, reference_weights):
     run_dir = tmp_path / "run"
     proc = start(run_dir)
     wait_for(run_dir / "checkpoints" / "last.pt", proc)
@@ -64,13 +69,13 @@ def test_sigkill_then_resume_is_exact(tmp_path, reference):
     result = run_cli([*ARGS, f"trainer.resume={run_dir}", f"hydra.run.dir={tmp_path / 'resume-invocation'}"])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "resuming from" in result.stdout + result.stderr
-    assert_same_weights(run_dir, reference)
+    assert_same_weights(run_dir, reference_weights)
     assert_each_step_once(run_dir)
     numbered = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*.pt"))
     assert numbered == [f"step_{s:08d}.pt" for s in (300, 600, 900, 1200)]
 
 
-def test_sigterm_writes_checkpoint_and_resume_is_exact(tmp_path, reference):
+def test_sigterm_writes_checkpoint_and_resume_is_exact(tmp_path, reference_weights):
     run_dir = tmp_path / "run"
     proc = start(run_dir)
     wait_for(run_dir / "checkpoints" / "last.pt", proc)
@@ -83,17 +88,18 @@ def test_sigterm_writes_checkpoint_and_resume_is_exact(tmp_path, reference):
     assert "Resume with" in (run_dir / "failure.txt").read_text()
     result = run_cli([*ARGS, "trainer.resume=auto", f"hydra.run.dir={run_dir}"])  # auto: this folder's last.pt
     assert result.returncode == 0, result.stdout + result.stderr
-    assert_same_weights(run_dir, reference)
+    assert_same_weights(run_dir, reference_weights)
     assert_each_step_once(run_dir)
 
 
-def test_truncated_checkpoint_is_named(tmp_path):
+def test_truncated_checkpoint_is_named(tmp_path, reference):
     run_dir = tmp_path / "run"
-    assert run_cli(["trainer.epochs=1", f"hydra.run.dir={run_dir}"]).returncode == 0
+    (run_dir / "checkpoints").mkdir(parents=True)
     last = run_dir / "checkpoints" / "last.pt"
+    last.write_bytes((reference / "checkpoints" / "last.pt").read_bytes())
     data = last.read_bytes()
     last.write_bytes(data[: len(data) // 2])
-    result = run_cli(["trainer.epochs=2", f"trainer.resume={run_dir}", f"hydra.run.dir={tmp_path / 'again'}"])
+    result = run_cli([*ARGS, f"trainer.resume={run_dir}", f"hydra.run.dir={tmp_path / 'again'}"])
     assert result.returncode != 0
     assert str(last) in result.stdout + result.stderr and "truncated or corrupted" in result.stdout + result.stderr
 
