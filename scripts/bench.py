@@ -1,0 +1,42 @@
+"""Training speed against a plain PyTorch loop, in one process; cold start; logging cost growth.
+
+    python scripts/bench.py                      # the full run behind the README table (a few minutes)
+    python scripts/bench.py --repeats 1 --quick  # a smoke run
+
+Prints a Markdown table and writes it, with the raw numbers as JSON, to --out.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+# scripts/inspect.py is named like the standard library's `inspect`: keep this folder off the path.
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+ROOT = Path(_here).parent
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="alternated repeats of every variant (median)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench", help="folder for bench.md/.json")
+    args = parser.parse_args(argv)
+    from experiments.benchmark import run_benchmark
+
+    sizes = dict(short=1, long=3, n_train=1024, growth_counts=(10, 20)) if args.quick else \
+        dict(short=1, long=3, n_train=16384, growth_counts=(10, 100, 1000))
+    command = "python scripts/bench.py " + " ".join(argv)
+    result = run_benchmark(args.repeats, root=ROOT, command=command.strip(), **sizes)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.md").write_text(result["markdown"])
+    (args.out / "bench.json").write_text(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2))
+    print(result["markdown"])
+    print(f"wrote {args.out / 'bench.md'} and {args.out / 'bench.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
