@@ -51,9 +51,12 @@ def test_tied_xavier_writes_every_tag(tied_run):
 
 def test_tied_grad_norm_equals_an_independent_replay(tmp_path):
     """Full-batch SGD replayed by the test on an *untied* copy: the shared layer's logged
-    gradient norm must equal the norm of the two copies' gradients summed, at every step."""
+    gradient norm must equal the norm of the two copies' gradients summed, and each use's
+    logged gradient norm, cosine and the cancellation must equal those of the copies, at
+    every step; likewise the activation statistics of each use and the update ratios."""
     run_dir, steps, lr = tmp_path / "run", 4, 0.03
-    every1 = [f"telemetry.{s}.every=1" for s in ("loss", "param_norm", "grad_norm", "tied")]
+    every1 = [f"telemetry.{s}.every=1" for s in ("loss", "param_norm", "grad_norm", "tied", "activations",
+                                                   "update_ratio")]
     result = run_cli(["init=xavier", "model=tied", "data.batch_size=1000", f"trainer.epochs={steps}",
                       f"optim.lr={lr}", *every1, f"hydra.run.dir={run_dir}"])
     assert result.returncode == 0, result.stderr
@@ -68,14 +71,35 @@ def test_tied_grad_norm_equals_an_independent_replay(tmp_path):
             p.copy_(state[name])  # 4.* from the state_dict alias: same values, separate tensor
 
     acc = read_events(run_dir)
-    logged = {tag: {e.step: e.value for e in acc.Scalars(tag)}
-              for tag in ("tied/2.weight/grad_norm", "tied/2.bias/grad_norm", "grad_norm/0.weight", "loss/train")}
+    logged = {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
     x, y = data.train_x.double(), data.train_y.double()
     for step in range(1, steps + 1):
         net.zero_grad()
-        loss = F.mse_loss(net(x), y)
+        outputs, h = [], x
+        for layer in net:
+            h = layer(h)
+            outputs.append(h.detach())
+        loss = F.mse_loss(h, y)
         loss.backward()
         summed = {leaf: getattr(net[2], leaf).grad + getattr(net[4], leaf).grad for leaf in ("weight", "bias")}
+        for leaf in ("weight", "bias"):
+            uses = [getattr(net[i], leaf).grad.flatten() for i in (2, 4)]
+            total = summed[leaf].flatten()
+            for i, g in zip((2, 4), uses):
+                use = f"tied/2.{leaf}/use/{i}.{leaf}"
+                assert logged[f"{use}/grad_norm"][step] == pytest.approx(g.norm().item(), rel=1e-4)
+                cos = (g @ total / (g.norm() * total.norm())).item()
+                assert logged[f"{use}/cos"][step] == pytest.approx(cos, rel=1e-4, abs=1e-5)
+            cancellation = (total.norm() / (uses[0].norm() + uses[1].norm())).item()
+            assert logged[f"tied/2.{leaf}/cancellation"][step] == pytest.approx(cancellation, rel=1e-4)
+        for i, out in enumerate(outputs):  # positions 2 and 4: the shared layer's two uses
+            assert logged[f"act/{i}/mean"][step] == pytest.approx(out.mean().item(), rel=1e-4, abs=1e-6)
+            assert logged[f"act/{i}/std"][step] == pytest.approx(out.std().item(), rel=1e-4)
+            if i in (1, 3, 5):
+                dead = (out == 0).all(dim=0).double().mean().item()
+                assert logged[f"act/{i}/dead_frac"][step] == pytest.approx(dead)
+        ratio = (lr * summed["weight"]).norm() / net[2].weight.norm()
+        assert logged["update_ratio/2.weight"][step] == pytest.approx(ratio.item(), rel=1e-3)
         assert logged["loss/train"][step] == pytest.approx(loss.item(), rel=1e-4)
         assert logged["tied/2.weight/grad_norm"][step] == pytest.approx(summed["weight"].norm().item(), rel=1e-4)
         assert logged["tied/2.bias/grad_norm"][step] == pytest.approx(summed["bias"].norm().item(), rel=1e-4)

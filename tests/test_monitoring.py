@@ -1,5 +1,6 @@
 """Fast paths compute what the straightforward ones do."""
 
+import pytest
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
@@ -40,3 +41,27 @@ def test_flat_hparams(make_cfg):
     assert values["model"] == "tied" and "hydra/launcher" not in values
     assert values["optim.lr"] == 0.03 and values["data.batch_size"] == 32 and values["model.width"] == 8
     assert not any(k.startswith(("telemetry", "model.shared", "optim._")) for k in values)
+
+
+def test_blocks_singles_and_checks_in_any_order(tmp_path):
+    """Blocks (one tensor for many tags), single values and checks, interleaved: every tag gets
+    its own value; a failed check raises with the numbers and writes nothing of that step."""
+    w = SummaryWriter(str(tmp_path))
+    scalars = ScalarWriter(w)
+    scalars.add("a", torch.tensor(1.0))
+    scalars.check(torch.tensor(0.5), torch.tensor(1.0), lambda e, tol: AssertionError("must not fail"))
+    scalars.extend(["b/0", "b/1", "b/2"], torch.tensor([2.0, 3.0, 4.0], dtype=torch.float64))
+    scalars.add("c", torch.tensor([5.0]))
+    scalars.extend(["d", "e"], [torch.tensor(6.0), torch.tensor(7)])
+    assert scalars.flush(1) == {"a": 1.0, "b/0": 2.0, "b/1": 3.0, "b/2": 4.0, "c": 5.0, "d": 6.0, "e": 7.0}
+    scalars.add("a", torch.tensor(9.0))
+    scalars.check(torch.tensor(2.0), torch.tensor(1.0), lambda e, tol: ValueError(f"off by {e} > {tol}"))
+    scalars.extend(["b/0", "b/1", "b/2"], torch.zeros(3))
+    with pytest.raises(ValueError, match="off by 2.0 > 1.0"):
+        scalars.flush(2)
+    assert scalars.flush(3) == {}  # the failed step's values are gone, not carried over
+    with pytest.raises(ValueError, match="2 tags but 3 values"):
+        scalars.extend(["x", "y"], torch.zeros(3))
+    w.close()
+    acc = read_events(tmp_path)
+    assert [(e.step, e.value) for e in acc.Scalars("a")] == [(1, 1.0)]

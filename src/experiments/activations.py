@@ -27,7 +27,8 @@ def dead_fraction(output: torch.Tensor) -> torch.Tensor:
 class ActivationStats:
     def __init__(self, model: nn.Module):
         self.active = False
-        self.values: List[Tuple[str, torch.Tensor]] = []
+        self.tags: List[str] = []
+        self.values: List[torch.Tensor] = []  # per call: [mean, std] or [mean, std, dead_frac]
         sites = module_sites(model)
         self._sites = {m: names for m, names in sites.items() if m is not model and not list(m.children())}
         self._calls: Dict[nn.Module, int] = {}
@@ -41,20 +42,25 @@ class ActivationStats:
         self._calls[module] = k + 1
         names = self._sites[module]
         name = names[k] if k < len(names) else f"{names[-1]}#{k}"
-        out = output.detach()
-        std, mean = torch.std_mean(out.float()) if out.numel() > 1 else (out.new_zeros(()), out.float().mean())
-        self.values += [(f"act/{name}/mean", mean), (f"act/{name}/std", std)]
+        out = output.detach().float()
+        std, mean = torch.std_mean(out) if out.numel() > 1 else (out.new_zeros(()), out.mean())
+        self.tags += [f"act/{name}/mean", f"act/{name}/std"]
         if isinstance(module, DEAD_UNIT_TYPES):
-            self.values.append((f"act/{name}/dead_frac", dead_fraction(out)))
+            self.tags.append(f"act/{name}/dead_frac")
+            self.values.append(torch.stack([mean, std, dead_fraction(out)]))
+        else:
+            self.values.append(torch.stack([mean, std]))
 
     def start(self) -> None:
-        self.values = []
+        self.tags, self.values = [], []
         self.active = True
 
-    def collect(self) -> List[Tuple[str, torch.Tensor]]:
+    def collect(self) -> Tuple[List[str], torch.Tensor]:
+        """The tags recorded since ``start`` and one 1-D tensor holding their values."""
         self.active = False
-        values, self.values = self.values, []
-        return values
+        tags, values = self.tags, torch.cat(self.values) if self.values else torch.zeros(0)
+        self.tags, self.values = [], []
+        return tags, values
 
     def close(self) -> None:
         for handle in self._handles:

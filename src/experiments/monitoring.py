@@ -34,6 +34,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from .activations import ActivationStats
+from .config import ConfigError
 from .tied_gradients import UseGradients, mismatch, use_statistics
 from .tying import tie_groups
 
@@ -48,37 +49,55 @@ def fused_norms(tensors: List[torch.Tensor]) -> List[torch.Tensor]:
 class ScalarWriter:
     """Collects a step's scalars as device tensors; writes them as one event.
 
-    Checks (an error and its tolerance, as tensors) travel in the same host transfer and are
-    verified before anything is written: a failed check raises instead of logging.
+    Values come as 0-d tensors (``add``) or as blocks, one 1-D tensor for many tags
+    (``extend``); a flush joins them with one ``stack`` and one ``cat``, whatever the number
+    of tags, and moves them to the host in one transfer. Checks (an error and its tolerance,
+    as tensors) travel in the same transfer and are verified before anything is written: a
+    failed check raises instead of logging.
     """
 
     def __init__(self, writer: SummaryWriter):
         self.writer = writer
-        self.tags: List[str] = []
-        self.values: List[torch.Tensor] = []
-        self.checks: List[Tuple[Callable[[float, float], Exception], torch.Tensor, torch.Tensor]] = []
+        self._single_tags: List[str] = []
+        self._singles: List[torch.Tensor] = []
+        self._block_tags: List[str] = []
+        self._blocks: List[torch.Tensor] = []
+        self._checks: List[Callable[[float, float], Exception]] = []
+        self._check_values: List[torch.Tensor] = []  # error, tolerance of each check
 
     def add(self, tag: str, value: torch.Tensor) -> None:
-        self.tags.append(tag)
-        self.values.append(value)
+        self._single_tags.append(tag)
+        self._singles.append(value.reshape(()) if value.dim() else value)
 
-    def extend(self, tags: List[str], values: List[torch.Tensor]) -> None:
-        self.tags.extend(tags)
-        self.values.extend(values)
+    def extend(self, tags: List[str], values) -> None:
+        """Many tags at once: a list of 0-d tensors, or one tensor holding a value per tag."""
+        if isinstance(values, torch.Tensor):
+            if values.numel() != len(tags):
+                raise ValueError(f"{len(tags)} tags but {values.numel()} values")
+            self._block_tags.extend(tags)
+            self._blocks.append(values.reshape(-1))
+        else:
+            for tag, value in zip(tags, values):
+                self.add(tag, value)
 
     def check(self, error: torch.Tensor, tolerance: torch.Tensor, fail: Callable[[float, float], Exception]) -> None:
-        self.checks.append((fail, error, tolerance))
+        self._checks.append(fail)
+        self._check_values += [error.reshape(()), tolerance.reshape(())]
 
     def flush(self, step: int) -> Dict[str, float]:
-        if not self.tags and not self.checks:
+        tags = self._single_tags + self._block_tags
+        if not tags and not self._checks:
             return {}
-        tensors = self.values + [t for _, e, tol in self.checks for t in (e, tol)]
-        host = torch.stack([v.detach().float().reshape(()) for v in tensors]).tolist()
-        values, checks = host[: len(self.tags)], host[len(self.tags):]
-        failed = [(fail, e, tol) for (fail, _, _), e, tol in zip(self.checks, checks[::2], checks[1::2])
-                  if not e <= tol]
-        written = dict(zip(self.tags, values))
-        self.tags, self.values, self.checks = [], [], []
+        parts = [torch.stack(self._singles)] if self._singles else []
+        parts += self._blocks
+        if self._check_values:
+            parts.append(torch.stack(self._check_values))
+        host = torch.cat(parts).detach().float().tolist()
+        values, checks = host[:len(tags)], host[len(tags):]
+        failed = [(fail, e, tol) for fail, e, tol in zip(self._checks, checks[::2], checks[1::2]) if not e <= tol]
+        written = dict(zip(tags, values))
+        self._single_tags, self._singles, self._block_tags, self._blocks = [], [], [], []
+        self._checks, self._check_values = [], []
         if failed:
             fail, e, tol = failed[0]
             raise fail(e, tol)
@@ -98,6 +117,7 @@ class Monitor:
     def __init__(self, run_dir: Path, model: nn.Module, cfg: DictConfig, purge_step: Optional[int] = None,
                  classification: bool = False):
         self.cfg = cfg
+        self._every = cadences(cfg)
         self.classification = classification
         # purge_step: a resumed run drops what the interrupted one wrote after its checkpoint
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
@@ -117,8 +137,8 @@ class Monitor:
             self.writer.add_custom_scalars(tied_layout(self.groups))
 
     def due(self, signal: str, step: int) -> bool:
-        sig = self.cfg[signal]
-        return self.cfg.enabled and sig.enabled and step % sig.every == 0
+        every = self._every[signal]
+        return every > 0 and step % every == 0
 
     def before_forward(self, step: int) -> None:
         if self.uses and self.due("tied", step):
@@ -132,11 +152,12 @@ class Monitor:
         if want_norms or want_tied:
             pairs = [(n, p.grad) for n, p in zip(self.names, self.params) if p.grad is not None]
             norms = fused_norms([g for _, g in pairs])
-            for (name, _), norm in zip(pairs, norms):
-                if want_norms:
-                    self.scalars.add(f"grad_norm/{name}", norm)
-                if want_tied and name in self.tied:
-                    self.scalars.add(f"tied/{name}/grad_norm", norm)
+            if want_norms and norms:
+                self.scalars.extend([f"grad_norm/{name}" for name, _ in pairs], torch.stack(norms))
+            if want_tied:
+                for (name, _), norm in zip(pairs, norms):
+                    if name in self.tied:
+                        self.scalars.add(f"tied/{name}/grad_norm", norm)
         if self.uses and self.uses.active:
             self.uses.stop()
             for group in self.groups:
@@ -146,7 +167,7 @@ class Monitor:
                     self.scalars.extend(tags, values)
                     self.scalars.check(error, tolerance, partial(mismatch, group.canonical, list(uses)))
         if self.due("update_ratio", step):
-            self._before = [p.detach().clone() for p in self.params]
+            self._before = torch._foreach_mul([p.detach() for p in self.params], 1.0)  # copies, one call
         if self.due("histograms", step):
             for name, p in zip(self.names, self.params):
                 if p.grad is not None:
@@ -161,21 +182,20 @@ class Monitor:
             acc = (output.detach().argmax(-1) == target).float().mean()
             self._acc_sum = acc if self._acc_sum is None else self._acc_sum + acc
         self._loss_steps += 1
-        if self.cfg.loss.enabled and step % self.cfg.loss.every == 0:
+        if self.due("loss", step):
             self.scalars.add("loss/train", self._loss_sum / self._loss_steps)
             if self._acc_sum is not None:
                 self.scalars.add("acc/train", self._acc_sum / self._loss_steps)
             self._loss_sum, self._acc_sum, self._loss_steps = None, None, 0
         if self.due("param_norm", step):
-            self.scalars.extend([f"param_norm/{n}" for n in self.names], fused_norms(self.params))
+            self.scalars.extend([f"param_norm/{n}" for n in self.names], torch.stack(fused_norms(self.params)))
         if self._before is not None:
             deltas = torch._foreach_sub([p.detach() for p in self.params], self._before)
             ratios = torch.stack(fused_norms(deltas)) / torch.stack(fused_norms(self._before)).clamp_min(1e-30)
-            self.scalars.extend([f"update_ratio/{n}" for n in self.names], list(ratios.unbind()))
+            self.scalars.extend([f"update_ratio/{n}" for n in self.names], ratios)
             self._before = None
         if self.acts and self.acts.active:
-            for tag, value in self.acts.collect():
-                self.scalars.add(tag, value)
+            self.scalars.extend(*self.acts.collect())
         if self.due("histograms", step):
             for name, p in zip(self.names, self.params):
                 self.writer.add_histogram(f"param/{name}", p.detach(), step)
@@ -201,6 +221,19 @@ class Monitor:
                 hooks.close()
         self.writer.flush()
         self.writer.close()
+
+
+def cadences(cfg: DictConfig) -> Dict[str, int]:
+    """Each signal's cadence as a plain int, 0 when off (read once: a DictConfig lookup per step
+    costs microseconds). ``telemetry.enabled=false`` leaves only the loss on."""
+    every = {}
+    for name, sig in cfg.items():
+        if isinstance(sig, DictConfig):
+            if sig.every < 1:
+                raise ConfigError(f"telemetry.{name}.every={sig.every}: must be at least 1 (a number of "
+                                  f"steps); switch a signal off with telemetry.{name}.enabled=false.")
+            every[name] = sig.every if sig.enabled and (cfg.enabled or name == "loss") else 0
+    return every
 
 
 def tied_layout(groups) -> Dict[str, Dict[str, list]]:

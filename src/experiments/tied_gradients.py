@@ -96,7 +96,8 @@ class UseGradients:
 
 
 def use_statistics(name: str, param: nn.Parameter, uses: Dict[str, torch.Tensor]):
-    """Tags and device tensors for one tied parameter, plus the sum check as (error, tolerance).
+    """Tags and a 1-D device tensor (a value per tag) for one tied parameter, plus the sum
+    check as (error, tolerance).
 
     ``cos`` is each use's cosine with the summed gradient (``.grad``); ``cancellation`` is
     ||sum of uses|| / sum of ||use|| (1 when the uses agree, near 0 when they cancel).
@@ -112,7 +113,7 @@ def use_statistics(name: str, param: nn.Parameter, uses: Dict[str, torch.Tensor]
     tolerance = 1e-5 * stacked.shape[0] * (norms.sum() + 1e-12)
     tags = [f"tied/{name}/use/{a}/grad_norm" for a in aliases] + [f"tied/{name}/use/{a}/cos" for a in aliases]
     tags.append(f"tied/{name}/cancellation")
-    values = [*norms.unbind(), *cos.unbind(), cancellation]
+    values = torch.cat([norms, cos, cancellation.reshape(1)])  # one value per tag, one tensor
     return tags, values, (error, tolerance)
 
 
