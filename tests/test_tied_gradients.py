@@ -122,3 +122,22 @@ def test_tampered_use_gradient_fails_loudly(make_cfg, tmp_path):
     with pytest.raises(TieGradientMismatch, match="'1.weight' \\(1.weight, 3.weight\\)"):
         monitor.after_step(1, loss)
     monitor.close()
+
+
+def test_frozen_and_no_grad_uses_are_skipped_and_a_failed_forward_restores_parameters():
+    torch.manual_seed(0)
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    shared.weight.requires_grad_(False)  # trainer.freeze
+    uses = captured(model, torch.randn(3, 4))
+    assert set(uses.grads) == {"0.bias"} and sorted(uses.grads["0.bias"]) == ["0.bias", "2.bias"]
+    with torch.no_grad():
+        uses.start()
+        model(torch.randn(3, 4))
+    assert not uses.grads
+    uses.start()
+    with pytest.raises(RuntimeError):
+        model(torch.randn(3, 5))  # wrong width: raises inside the first call, after the views went in
+    uses.stop()
+    assert isinstance(shared._parameters["bias"], nn.Parameter) and shared.bias is model[2].bias
+    assert [n for n, _ in model.named_parameters()] == ["0.weight", "0.bias"]

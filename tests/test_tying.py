@@ -66,3 +66,30 @@ def test_broken_tie_is_caught(make_cfg):
     verify_ties(net, {"2.weight": ["2.weight", "4.weight"]})  # the module-level tie survives
     with pytest.raises(ConfigError, match="'0.bias' and '2.bias'"):
         verify_ties(net, manifest)
+
+
+def test_loading_weights_checks_every_tie(make_cfg, tmp_path):
+    """load_weights verifies the saved manifest: a model whose tie is gone is caught, both names given."""
+    from experiments.checkpoints import load_weights, save_weights
+
+    tied = tied_model(make_cfg)
+    apply_param_ties(tied, [["0.bias", "2.bias"]])
+    save_weights(tied, tmp_path / "w.pt")
+    same = tied_model(make_cfg)
+    apply_param_ties(same, [["0.bias", "2.bias"]])
+    assert load_weights(same, tmp_path / "w.pt")["0.bias"] == ["0.bias", "2.bias", "4.bias"]
+    torch.testing.assert_close(same[0].bias, tied[0].bias)
+    untied = tied_model(make_cfg)  # the same network without the YAML tie
+    with pytest.raises(ConfigError, match="'0.bias' and '2.bias'"):
+        load_weights(untied, tmp_path / "w.pt")
+
+
+def test_device_and_dtype_moves_keep_ties(make_cfg):
+    net = tied_model(make_cfg)
+    apply_param_ties(net, [["0.bias", "2.bias"]])
+    manifest = tie_manifest(net)
+    net.to(torch.float64)
+    verify_ties(net, manifest)
+    if torch.cuda.is_available():
+        net.to("cuda")
+        verify_ties(net, manifest)

@@ -59,8 +59,11 @@ class UseGradients:
         names = self._sites[module]
         site = names[k] if k < len(names) else f"{names[-1]}#{k}"
         saved = {}
+        grad_on = torch.is_grad_enabled()
         for leaf, canonical in self._leaves[module]:
             param = module._parameters[leaf]
+            if not (grad_on and param.requires_grad):  # frozen (trainer.freeze) or no_grad: no gradient to split
+                continue
             view = param.view_as(param)
             view.register_hook(self._keeper(canonical, f"{site}.{leaf}"))
             saved[leaf] = param
@@ -88,7 +91,11 @@ class UseGradients:
         self.active = True
 
     def stop(self) -> None:
+        """Stop capturing; a forward that raised midway leaves views in place: put the Parameters back."""
         self.active = False
+        for module, stack in self._saved.items():
+            while stack:
+                module._parameters.update(stack.pop())
 
     def close(self) -> None:
         for handle in self._handles:
