@@ -32,8 +32,13 @@ class ActivationStats:
         sites = module_sites(model)
         self._sites = {m: names for m, names in sites.items() if m is not model and not list(m.children())}
         self._calls: Dict[nn.Module, int] = {}
-        self._handles = [model.register_forward_pre_hook(lambda m, a: self._calls.clear())]
-        self._handles += [m.register_forward_hook(self._record) for m in self._sites]
+        self._model = model
+        self._handles: list = []  # hooks exist only between start() and collect(): other steps pay nothing
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     def _record(self, module: nn.Module, args, output) -> None:
         if not self.active or not isinstance(output, torch.Tensor):
@@ -53,15 +58,20 @@ class ActivationStats:
 
     def start(self) -> None:
         self.tags, self.values = [], []
+        self._calls.clear()
+        if not self._handles:
+            self._handles = [self._model.register_forward_pre_hook(lambda m, a: self._calls.clear())]
+            self._handles += [m.register_forward_hook(self._record) for m in self._sites]
         self.active = True
 
     def collect(self) -> Tuple[List[str], torch.Tensor]:
         """The tags recorded since ``start`` and one 1-D tensor holding their values."""
         self.active = False
+        self._remove()
         tags, values = self.tags, torch.cat(self.values) if self.values else torch.zeros(0)
         self.tags, self.values = [], []
         return tags, values
 
     def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
+        self.active = False
+        self._remove()

@@ -195,7 +195,9 @@ class Monitor:
             self.scalars.extend([f"update_ratio/{n}" for n in self.names], ratios)
             self._before = None
         if self.acts and self.acts.active:
-            self.scalars.extend(*self.acts.collect())
+            tags, values = self.acts.collect()
+            if tags:
+                self.scalars.extend(tags, values)
         if self.due("histograms", step):
             for name, p in zip(self.names, self.params):
                 self.writer.add_histogram(f"param/{name}", p.detach(), step)

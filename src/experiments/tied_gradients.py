@@ -43,10 +43,19 @@ class UseGradients:
         self._sites = {m: sites[m] for m in self._leaves}
         self._calls: Dict[nn.Module, int] = {}
         self._saved: Dict[nn.Module, List[Dict[str, nn.Parameter]]] = defaultdict(list)
-        self._handles = [model.register_forward_pre_hook(self._reset)]
+        self._model = model
+        self._handles: list = []  # hooks exist only between start() and stop(): other steps pay nothing
+
+    def _install(self) -> None:
+        self._handles = [self._model.register_forward_pre_hook(self._reset)]
         for module in self._leaves:
             self._handles.append(module.register_forward_pre_hook(self._give_views))
             self._handles.append(module.register_forward_hook(self._restore))
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     def _reset(self, model, args) -> None:
         self._calls.clear()
@@ -87,19 +96,23 @@ class UseGradients:
         return {a: uses[a] for a in sorted(uses, key=lambda a: (rank.get(a.split("#")[0], len(rank)), a))}
 
     def start(self) -> None:
+        """Capture the uses of the next forward/backward (hooks go in now, out at ``stop``)."""
         self.grads.clear()
+        self._calls.clear()
+        if not self._handles:
+            self._install()
         self.active = True
 
     def stop(self) -> None:
         """Stop capturing; a forward that raised midway leaves views in place: put the Parameters back."""
         self.active = False
+        self._remove()
         for module, stack in self._saved.items():
             while stack:
                 module._parameters.update(stack.pop())
 
     def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
+        self.stop()
 
 
 def use_statistics(name: str, param: nn.Parameter, uses: Dict[str, torch.Tensor]):
