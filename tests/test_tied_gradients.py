@@ -159,6 +159,7 @@ def test_hooks_exist_only_on_steps_that_log(tmp_path):
         monitor.before_forward(step)
         assert hooks() == (0 if step % 2 else 3 + 5)  # tied: model, shared (pre, post); acts: model, 4 leaves
         loss = model(torch.randn(5, 3)).pow(2).mean()
+        model.zero_grad()
         loss.backward()
         monitor.after_backward(step)
         written[step] = monitor.after_step(step, loss)

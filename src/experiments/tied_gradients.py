@@ -141,5 +141,6 @@ def mismatch(name: str, uses: List[str], error: float, tolerance: float) -> TieG
     return TieGradientMismatch(
         f"the per-use gradients of tied parameter '{name}' ({', '.join(uses)}) do not add up to its "
         f".grad: they differ by {error:.3g} (tolerance {tolerance:.3g}). A module that reads its "
-        f"parameter other than as an attribute, or a hook that edits gradients, can cause this."
+        f"parameter other than as an attribute, a hook that edits gradients, or gradients accumulated "
+        f"over several backward passes without zero_grad can cause this."
     )
