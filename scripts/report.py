@@ -1,32 +1,41 @@
-"""Compare the jobs of a sweep, or look at one run: ``python scripts/report.py <sweep or run folder>``.
+"""Compare the runs of a sweep (or look at one run): a table, a CSV and figures.
 
-Writes report.md, report.csv, val_loss.png, param_norms.png (and tied_grads.png for tied models)
-into the folder and prints the table.
+    python scripts/report.py outputs/multirun/2026-11-22/10-54-38   # a sweep folder
+    python scripts/report.py outputs/2026-11-22/10-30-00             # a single run's folder
+    python scripts/report.py <folder> --no-figures                   # only report.md and report.csv
+
+Writes report.md, report.csv and PNG figures into the folder and prints the table.
 """
 
+import argparse
+import logging
 import os
 import sys
-from pathlib import Path
 
-# scripts/inspect.py is named like the standard library's `inspect`: keep this folder off the path.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != os.path.dirname(os.path.abspath(__file__))]
+# This folder holds scripts/inspect.py, named like the standard library's `inspect`: keep it off
+# the module path so that `import inspect` (omegaconf, torch) finds the real one.
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 
 
-def main(argv):
-    if len(argv) != 1 or not Path(argv[0]).is_dir():
-        print("usage: python scripts/report.py <sweep or run folder>", file=sys.stderr)
-        return 2
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", help="a sweep folder (outputs/multirun/<date>/<time>) or a run folder")
+    parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
     from experiments.report import write_report
 
-    folder = Path(argv[0])
-    table = write_report(folder)
-    if table is None:
-        print(f"error: no runs under {folder} (a run folder has .hydra/config.yaml)", file=sys.stderr)
-        return 1
-    print((folder / "report.md").read_text())
-    print(f"wrote {folder / 'report.md'}, {folder / 'report.csv'} and the figures")
-    return 1 if any(row["status"] != "ok" for row in table) else 0
+    try:
+        report = write_report(args.folder, figures=not args.no_figures)
+    except FileNotFoundError as error:
+        print(f"report: {error}", file=sys.stderr)
+        return 2
+    print(report.text.split("\n## Figures")[0].rstrip())
+    print("\nwrote " + ", ".join(str(p) for p in report.files))
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -182,3 +182,6 @@ def register_configs() -> None:
     for path, node in SCHEMAS.items():
         group, _, name = f"schema/{path}".rpartition("/")
         cs.store(group=group, name=name, node=node)
+    from .sweeps import register_resolvers  # ${job_dirname:...} in hydra.sweep.subdir
+
+    register_resolvers()

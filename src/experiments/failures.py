@@ -62,7 +62,11 @@ def record_failure(run_dir: Path, error: BaseException) -> str:
 
 
 def run_and_report(train_fn, cfg: Any, run_dir: Path, choices: dict, multirun: bool) -> float:
-    """Call ``train_fn``; on an expected error record it and exit non-zero (or, in a sweep, return inf)."""
+    """Call ``train_fn``; on an expected error record it and exit non-zero (or, in a sweep, return inf).
+
+    In a sweep any other exception is recorded too (its traceback goes to the job's log) and the
+    job returns inf, so that one job's crash does not stop the others.
+    """
     try:
         return train_fn(cfg, run_dir, choices)
     except expected_errors() as error:
@@ -74,6 +78,12 @@ def run_and_report(train_fn, cfg: Any, run_dir: Path, choices: dict, multirun: b
         if multirun:
             return math.inf
         raise SystemExit(getattr(error, "exit_code", 1))
+    except Exception as error:  # unforeseen (a bug, a module that cannot run): a sweep goes on
+        if not multirun:
+            raise
+        log.exception("the job failed with an unexpected error; the sweep goes on")  # traceback in the job's log
+        record_failure(run_dir, error)
+        return math.inf
 
 
 class SweepFailures(Callback):
@@ -81,8 +91,9 @@ class SweepFailures(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        failed: List[str] = sorted(str(p.parent.relative_to(sweep_dir)) for p in sweep_dir.glob(f"*/{FAILURE_FILE}"))
+        failed: List[str] = sorted(str(p.parent.relative_to(sweep_dir)) for p in sweep_dir.rglob(FAILURE_FILE))
         if failed:
-            log.error("%d job(s) of the sweep in %s failed: %s (see each job's %s)",
-                      len(failed), sweep_dir, ", ".join(failed), FAILURE_FILE)
+            reasons = [(sweep_dir / name / FAILURE_FILE).read_text().strip().split(". ")[0] for name in failed]
+            log.error("%d job(s) of the sweep in %s failed (see each job's %s):\n%s", len(failed), sweep_dir,
+                      FAILURE_FILE, "\n".join(f"  {name}: {why[:200]}" for name, why in zip(failed, reasons)))
             sys.exit(1)

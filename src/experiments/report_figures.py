@@ -1,0 +1,141 @@
+"""The report's PNG figures (matplotlib, imported only here, drawn without a display).
+
+- ``val_loss.png``: the validation loss of every job in one plot (failed jobs dashed);
+- ``param_norms_<init>.png``: for each init scheme, every parameter's norm over time, one panel per job;
+- ``tied_grad_norms.png``: for each tied parameter of each job, the summed gradient norm and
+  each use's own, when they were logged.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Dict, List
+
+from .report import Job, varying_overrides
+
+MAX_PANELS = 12  # per figure; more jobs than that are left out of the per-job figures, with a note
+
+
+def _label(job: Job, overrides: List[str], width: int = 60) -> str:
+    text = " ".join(overrides) or job.name
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _steps_values(curve):
+    return [s for s, _, _ in curve], [v for _, _, v in curve]
+
+
+def _marker(curve):
+    return "o" if len(curve) < 30 else None  # a curve of a few points stays visible
+
+
+def _grid(plt, n: int, width: float = 4.5, height: float = 3.2):
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _log_scale_if_positive(ax, values) -> None:
+    positive = [v for v in values if v == v and v > 0]
+    if positive and len(positive) == len(values) and max(positive) / min(positive) > 20:
+        ax.set_yscale("log")
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def draw_figures(root: Path, jobs: List[Job]) -> List[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = dict(zip((j.name for j in jobs), (_label(j, o) for j, o in zip(jobs, varying_overrides(jobs)[0]))))
+    written = []
+    try:
+        written.append(_val_loss(plt, root, jobs, labels))
+        written += _param_norms(plt, root, jobs, labels)
+        tied = _tied_grad_norms(plt, root, jobs, labels)
+        if tied:
+            written.append(tied)
+    finally:
+        plt.close("all")
+    return written
+
+
+def _val_loss(plt, root: Path, jobs: List[Job], labels: Dict[str, str]) -> Path:
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    values = []
+    for job in jobs:
+        curve = job.curves.get("loss/val", [])
+        if curve:
+            steps, vals = _steps_values(curve)
+            values += vals
+            style = "-" if job.status == "ok" else "--"
+            ax.plot(steps, vals, style, marker="o", markersize=3, label=f"{labels[job.name]} ({job.status})"
+                    if job.status != "ok" else labels[job.name])
+    if not values:
+        ax.text(0.5, 0.5, "no loss/val logged", ha="center", va="center", transform=ax.transAxes)
+    _log_scale_if_positive(ax, values)
+    ax.set(xlabel="step", ylabel="loss/val", title="Validation loss of every job")
+    if values:
+        ax.legend(fontsize="small" if len(jobs) <= 10 else "x-small", loc="best")
+    ax.grid(alpha=0.3)
+    return _save(fig, root / "val_loss.png")
+
+
+def _param_norms(plt, root: Path, jobs: List[Job], labels: Dict[str, str]) -> List[Path]:
+    schemes: Dict[str, List[Job]] = {}
+    for job in jobs:
+        if any(tag.startswith("param_norm/") for tag in job.curves):
+            schemes.setdefault(job.choices.get("init", "unknown"), []).append(job)
+    written = []
+    for scheme, members in schemes.items():
+        shown = members[:MAX_PANELS]
+        fig, axes = _grid(plt, len(shown))
+        for ax, job in zip(axes, shown):
+            values = []
+            for tag in sorted(t for t in job.curves if t.startswith("param_norm/")):
+                steps, vals = _steps_values(job.curves[tag])
+                values += vals
+                ax.plot(steps, vals, marker=_marker(steps), markersize=3, label=tag[len("param_norm/"):])
+            _log_scale_if_positive(ax, values)
+            ax.set_title(labels[job.name] + ("" if job.status == "ok" else f" ({job.status})"), fontsize="small")
+            ax.set(xlabel="step", ylabel="parameter norm")
+            ax.legend(fontsize="xx-small", ncol=2)
+            ax.grid(alpha=0.3)
+        more = f" (first {MAX_PANELS} of {len(members)} jobs)" if len(members) > MAX_PANELS else ""
+        fig.suptitle(f"Parameter norms, init={scheme}{more}")
+        safe = re.sub(r"[^\w.-]+", "_", scheme)
+        written.append(_save(fig, root / f"param_norms_{safe}.png"))
+    return written
+
+
+def _tied_grad_norms(plt, root: Path, jobs: List[Job], labels: Dict[str, str]):
+    panels = [(job, name) for job in jobs for name in job.tied() if f"tied/{name}/grad_norm" in job.curves]
+    if not panels:
+        return None
+    shown = panels[:MAX_PANELS]
+    fig, axes = _grid(plt, len(shown))
+    for ax, (job, name) in zip(axes, shown):
+        steps, vals = _steps_values(job.curves[f"tied/{name}/grad_norm"])
+        ax.plot(steps, vals, color="black", linewidth=2, marker=_marker(steps), label="sum (.grad)")
+        for use in job.uses(name):
+            tag = f"tied/{name}/use/{use}/grad_norm"
+            if tag in job.curves:
+                ax.plot(*_steps_values(job.curves[tag]), linewidth=1, marker=_marker(steps), markersize=3,
+                        label=f"use {use}")
+        ax.set_title(f"{name} — {labels[job.name]}", fontsize="small")
+        ax.set(xlabel="step", ylabel="gradient norm")
+        ax.legend(fontsize="x-small")
+        ax.grid(alpha=0.3)
+    more = f" (first {MAX_PANELS} of {len(panels)})" if len(panels) > MAX_PANELS else ""
+    fig.suptitle(f"Tied parameters: summed and per-use gradient norms{more}")
+    return _save(fig, root / "tied_grad_norms.png")
