@@ -141,14 +141,20 @@ def test_report_rows_equal_the_event_files(basic_sweep):
         assert_png(folder / name)
 
 
-def test_report_on_a_single_run(tmp_path):
+def test_report_on_a_single_run(basic_sweep, tmp_path):
+    """A run's folder (here a copy of one job's, so the sweep's own report is untouched)."""
+    import shutil
+
+    folder, _ = basic_sweep
     run_dir = tmp_path / "run"
-    assert run_cli(["model=tied", "trainer.epochs=1", "data.n_train=200", f"hydra.run.dir={run_dir}"]).returncode == 0
+    shutil.copytree(folder / sorted(JOBS)[1], run_dir)  # init=normal, model=tied
     report(run_dir)
     (row,) = read_csv(run_dir).values()
     assert row["job"] == "run" and row["status"] == "ok"
     assert float(row["loss/val"]) == last_values(run_dir)["loss/val"][1]
-    assert_png(run_dir / "val_loss.png")
+    assert float(row["cancellation 2.weight"]) == last_values(run_dir)["tied/2.weight/cancellation"][1]
+    for name in ("val_loss.png", "param_norms_normal.png", "tied_grad_norms.png"):
+        assert_png(run_dir / name)
 
 
 def test_report_on_a_folder_without_runs_fails_clearly(tmp_path):
