@@ -228,6 +228,7 @@ class Report:
     table: str  # the markdown table
     text: str  # the whole report.md
     files: List[Path]
+    failed: List[str]  # names of the jobs that failed
 
 
 def write_report(folder: Path, figures: bool = True) -> Report:
@@ -252,4 +253,4 @@ def write_report(folder: Path, figures: bool = True) -> Report:
     (root / "report.md").write_text("\n".join(parts) + "\n")
     files.insert(0, root / "report.md")
     log.info("wrote %s", ", ".join(str(p) for p in files))
-    return Report(root, md_table, "\n".join(parts) + "\n", files)
+    return Report(root, md_table, "\n".join(parts) + "\n", files, [j.name for j in failed])
