@@ -15,6 +15,7 @@ def test_bench_smoke(tmp_path):
         assert data["workloads"][workload]["plain loop"]["ratio"] == 1.0
         assert all(isinstance(v["steps_per_s"], float) for v in data["workloads"][workload].values())
     assert list(data["logging_growth_us"]) == ["10", "20"]
-    assert set(data["cold_start_s"]) == {"import torch", "train.py to first step", "train.py to exit"}
+    assert set(data["cold_start_s"]) == {"import torch", "import torch + one SGD step", "train.py to first step",
+                                          "train.py to exit"}
     md = (tmp_path / "bench.md").read_text()
     assert md in result.stdout and "| tiny | ours, every signal every step |" in md

@@ -153,9 +153,16 @@ def cold_start(repeats: int, root: Path) -> Dict[str, float]:
 
     with tempfile.TemporaryDirectory() as out:
         torch_s = [timed([sys.executable, "-c", "import torch"])[1] for _ in range(repeats)]
+        # The floor for anything that trains: torch's Optimizer.step imports torch._dynamo (~1-2 s) on first use.
+        step_s = [timed([sys.executable, "-c", ONE_STEP])[1] for _ in range(repeats)]
         runs = [timed([sys.executable, "train.py", f"hydra.run.dir={out}/run"], " - training ") for _ in range(repeats)]
-    return {"import torch": statistics.median(torch_s), "train.py to first step": statistics.median(r[0] for r in runs),
+    return {"import torch": statistics.median(torch_s), "import torch + one SGD step": statistics.median(step_s),
+            "train.py to first step": statistics.median(r[0] for r in runs),
             "train.py to exit": statistics.median(r[1] for r in runs)}
+
+
+ONE_STEP = ("import torch; m = torch.nn.Linear(4, 1); o = torch.optim.SGD(m.parameters(), lr=0.1); "
+            "m(torch.randn(2, 4)).sum().backward(); o.step()")
 
 
 def markdown(results: Dict, growth: Dict[int, float], start: Dict[str, float], command: str) -> str:
