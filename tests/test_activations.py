@@ -59,7 +59,7 @@ def test_update_ratio_is_one_sgd_step(tmp_path):
     loss.backward()
     monitor.after_backward(1)
     optimizer.step()
-    written = monitor.after_step(1, loss)
+    written = monitor.after_step(1, loss.item())
     monitor.close()
     for name, p in model.named_parameters():
         expected = ((p.detach() - before[name]).norm() / before[name].norm()).item()

@@ -65,3 +65,30 @@ def test_blocks_singles_and_checks_in_any_order(tmp_path):
     w.close()
     acc = read_events(tmp_path)
     assert [(e.step, e.value) for e in acc.Scalars("a")] == [(1, 1.0)]
+
+
+def test_fast_event_checksums_write_the_same_records(tmp_path):
+    import os
+    import struct
+
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as pure_python
+    from tensorboard.summary.writer import record_writer
+
+    from experiments.monitoring import FAST_CHECKSUMS
+
+    assert FAST_CHECKSUMS and record_writer.masked_crc32c is not pure_python
+    for size in (0, 1, 8, 100, 2048):
+        data = os.urandom(size)
+        assert record_writer.masked_crc32c(data) == pure_python(data)
+    with SummaryWriter(str(tmp_path)) as w:
+        w.add_scalar("x", 1.0, 1)
+    raw = next(tmp_path.glob("events.out.tfevents.*")).read_bytes()
+    offset = 0
+    while offset < len(raw):  # every record's two checksums, verified with tensorboard's own function
+        header = raw[offset:offset + 8]
+        (length,) = struct.unpack("<Q", header)
+        assert struct.unpack("<I", raw[offset + 8:offset + 12])[0] == pure_python(header)
+        data = raw[offset + 12:offset + 12 + length]
+        assert struct.unpack("<I", raw[offset + 12 + length:offset + 16 + length])[0] == pure_python(data)
+        offset += 16 + length
+    assert read_events(tmp_path).Scalars("x")[0].value == 1.0

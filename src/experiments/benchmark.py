@@ -102,6 +102,8 @@ def measure(workload: str, repeats: int, short: int, long: int, n_train: int) ->
                           "trainer.checkpoint_every=0", "trainer.device=cpu"])
     rates: Dict[str, List[float]] = {name: [] for name in VARIANTS}
     ratios: Dict[str, List[float]] = {name: [] for name in VARIANTS}
+    for fn in VARIANTS.values():  # warm-up: one-time imports (torch._dynamo on the first step) and caches
+        fn(cfg, short)
     for _ in range(repeats):
         plain = None
         for name, fn in VARIANTS.items():  # alternate variants within each repeat
@@ -131,7 +133,7 @@ def logging_growth(tensor_counts: Sequence[int], repeats: int) -> Dict[int, floa
                 loss.backward()
                 t = time.perf_counter()
                 monitor.after_backward(step)
-                monitor.after_step(step, loss)
+                monitor.after_step(step, loss.item())
                 times.append(time.perf_counter() - t)
                 model.zero_grad()
             monitor.close()

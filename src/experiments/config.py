@@ -153,13 +153,14 @@ class Signal:
 @dataclass
 class TelemetryConfig:
     enabled: bool = True  # master switch: off writes nothing but the loss curves
-    loss: Signal = field(default_factory=lambda: Signal(True, 1))
-    param_norm: Signal = field(default_factory=lambda: Signal(True, 10))
-    grad_norm: Signal = field(default_factory=lambda: Signal(True, 10))
-    tied: Signal = field(default_factory=lambda: Signal(True, 10))  # summed and per-use gradients
-    activations: Signal = field(default_factory=lambda: Signal(True, 10))
-    update_ratio: Signal = field(default_factory=lambda: Signal(True, 10))
-    histograms: Signal = field(default_factory=lambda: Signal(True, 100))
+    # Each signal is logged at step 1 and then every `every` steps (cadences measured by scripts/bench.py).
+    loss: Signal = field(default_factory=lambda: Signal(True, 10))
+    param_norm: Signal = field(default_factory=lambda: Signal(True, 50))
+    grad_norm: Signal = field(default_factory=lambda: Signal(True, 50))
+    tied: Signal = field(default_factory=lambda: Signal(True, 50))  # summed and per-use gradients
+    activations: Signal = field(default_factory=lambda: Signal(True, 100))
+    update_ratio: Signal = field(default_factory=lambda: Signal(True, 100))
+    histograms: Signal = field(default_factory=lambda: Signal(True, 1000))
 
 
 SCHEMAS = {

@@ -18,20 +18,19 @@ def first_nonfinite_grad(names: List[str], params: List[torch.nn.Parameter]) -> 
     return None
 
 
-def check_finite(step: int, loss: torch.Tensor, names: List[str], params: List[torch.nn.Parameter],
-                 grad_norms_ok: Optional[bool] = None) -> None:
-    """Raise :class:`Diverged` if the loss (or a gradient) of this step is not finite.
+def check_finite(step: int, loss: torch.Tensor, names: List[str], params: List[torch.nn.Parameter]) -> float:
+    """Return the loss as a float; raise :class:`Diverged` if it is not finite.
 
     Called after ``backward()`` and before ``optimizer.step()``, so the weights and the last
-    checkpoint are still those of the last good step.
+    checkpoint are still those of the last good step. The one host transfer per step it costs
+    also gives the loop its loss value, so nothing else has to accumulate tensors per step.
     """
     loss_value = loss.item()
-    if math.isfinite(loss_value) and grad_norms_ok is not False:
-        return
+    if math.isfinite(loss_value):
+        return loss_value
     culprit = first_nonfinite_grad(names, params)
-    what = f"the loss is {loss_value}" if not math.isfinite(loss_value) else "the loss is finite but a gradient is not"
     raise Diverged(
-        f"training diverged at step {step}: {what}; first parameter with a non-finite gradient: "
+        f"training diverged at step {step}: the loss is {loss_value}; first parameter with a non-finite gradient: "
         f"{culprit or 'none yet (every gradient is finite)'}. The weights were not updated with it and the last checkpoint is intact. "
         f"Lower optim.lr, pick a gentler init (init.std, init.value), or check the data."
     )

@@ -89,7 +89,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
         try:
             while epoch <= epochs:
                 started, epoch_start = time.perf_counter(), shuffle.get_state()
-                epoch_loss, done_here = torch.zeros((), device=exp.device), 0
+                epoch_loss, done_here = 0.0, 0
                 model.train()
                 for x, y in data.batches(shuffle, skip):
                     step, skip, done_here = step + 1, skip + 1, done_here + 1
@@ -98,11 +98,11 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
                     loss = loss_fn(out, y)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    check_finite(step, loss, monitor.names, monitor.params)
+                    loss_value = check_finite(step, loss, monitor.names, monitor.params)
                     monitor.after_backward(step)
                     optimizer.step()
-                    monitor.after_step(step, loss, out, y)
-                    epoch_loss += loss.detach()
+                    monitor.after_step(step, loss_value, out, y)
+                    epoch_loss += loss_value
                     if interrupt.signum:
                         path = save_checkpoint(run_dir, model, optimizer, step=step, epoch=epoch, batch_in_epoch=skip,
                                                shuffle_state=epoch_start, config_yaml=config_yaml, numbered=False)
@@ -114,7 +114,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
                 check_validation(step, val_loss, monitor.names, monitor.params)
                 monitor.epoch_end(step, metrics)
                 log.info("epoch %d/%d  step %d  loss/train %.6f  %s  (%.2fs)", epoch, epochs, step,
-                         float(epoch_loss) / max(done_here, 1),
+                         epoch_loss / max(done_here, 1),
                          "  ".join(f"{k} {v:.6f}" for k, v in metrics.items()), time.perf_counter() - started)
                 epoch, skip = epoch + 1, 0
                 save_checkpoint(run_dir, model, optimizer, step=step, epoch=epoch, batch_in_epoch=0,
