@@ -166,5 +166,6 @@ def test_hooks_exist_only_on_steps_that_log(tmp_path):
         assert hooks() == 0
     monitor.close()
     assert "tied/1.weight/use/3.weight/cos" in written[2] and "act/3/mean" in written[2]
-    assert written[1].keys() == written[2].keys()
+    signals = lambda tags: {t for t in tags if t.startswith(("tied/", "act/"))}  # noqa: E731
+    assert signals(written[1]) == signals(written[2])
     assert not any(t.startswith(("tied/", "act/")) for t in written[3])
