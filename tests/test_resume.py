@@ -88,6 +88,7 @@ def test_sigterm_writes_checkpoint_and_resume_is_exact(tmp_path, reference_weigh
     assert "Resume with" in (run_dir / "failure.txt").read_text()
     result = run_cli([*ARGS, "trainer.resume=auto", f"hydra.run.dir={run_dir}"])  # auto: this folder's last.pt
     assert result.returncode == 0, result.stdout + result.stderr
+    assert not (run_dir / "failure.txt").exists()  # finished now: a sweep or report no longer counts it failed
     assert_same_weights(run_dir, reference_weights)
     assert_each_step_once(run_dir)
 

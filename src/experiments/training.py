@@ -16,7 +16,7 @@ from torch import nn
 from .checkpoints import find_checkpoint, restore_checkpoint, run_dir_of, save_checkpoint, save_weights
 from .data import Dataset
 from .experiment import build_experiment
-from .failures import Interrupted
+from .failures import FAILURE_FILE, Interrupted
 from .guards import InterruptGuard, check_finite, check_validation
 from .monitoring import Monitor, flat_hparams, ties_markdown
 from .summary import summary_markdown
@@ -125,5 +125,6 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
     if val_loss != val_loss:  # resumed a run that had already finished its epochs
         val_loss = evaluate(model.eval(), data)["loss/val"]
     save_weights(model, run_dir / "weights_final.pt")
+    (run_dir / FAILURE_FILE).unlink(missing_ok=True)  # a resumed run that finishes is no longer a failure
     log.info("done: loss/val %.6f; see it with: tensorboard --logdir %s", val_loss, run_dir)
     return val_loss
