@@ -24,6 +24,7 @@ CASES = {  # overrides -> text the message must contain
     "data.batch_size=0": "data.batch_size=0",
     "model.activation=torch.nn.Relu": "torch.nn.Relu",
     "trainer.resume=/nonexistent/run": "trainer.resume=/nonexistent/run",
+    "telemetry.loss.every=0": "telemetry.loss.every=0",
 }
 if not torch.cuda.is_available():
     CASES["trainer.device=cuda"] = "trainer.device=cuda: this machine has no CUDA device"

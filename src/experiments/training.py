@@ -18,7 +18,7 @@ from .data import Dataset
 from .experiment import build_experiment
 from .failures import FAILURE_FILE, Interrupted
 from .guards import InterruptGuard, check_finite, check_validation
-from .monitoring import Monitor, flat_hparams, ties_markdown
+from .monitoring import Monitor, cadences, flat_hparams, ties_markdown
 from .summary import summary_markdown
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
     """
     run_dir = Path(run_dir)
     exp = build_experiment(cfg)  # every config check happens here, before anything is written
+    cadences(cfg.telemetry)  # a bad telemetry cadence too
     model, data = exp.model, exp.data
     optimizer = instantiate(cfg.optim)(model.parameters())
     loss_fn = loss_function(data.task)
