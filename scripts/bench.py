@@ -8,14 +8,10 @@ Prints a Markdown table and writes it, with the raw numbers as JSON, to --out.
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-# scripts/inspect.py is named like the standard library's `inspect`: keep this folder off the path.
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-ROOT = Path(_here).parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv):

@@ -10,13 +10,8 @@ job failed, 2 if the folder holds no run.
 
 import argparse
 import logging
-import os
 import sys
 
-# This folder holds scripts/inspect.py, named like the standard library's `inspect`: keep it off
-# the module path so that `import inspect` (omegaconf, torch) finds the real one.
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 
 
 def main(argv=None) -> int:

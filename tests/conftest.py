@@ -6,23 +6,17 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Sequence
+from typing import List
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
-from experiments.config import register_configs
+from experiments.config import CONF_DIR, compose_config, register_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+assert CONF_DIR == CONF, f"experiments is imported from {CONF_DIR.parent}, not this checkout"
 
 register_configs()
-
-
-def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import read_events
-from experiments.activations import ActivationStats
-from experiments.config import TelemetryConfig
-from experiments.monitoring import Monitor
+from experiments.config import telemetry_schema
+from experiments.telemetry.activations import ActivationStats
+from experiments.telemetry.monitor import Monitor
 
 
 def test_dead_frac_counts_units_dead_on_the_whole_batch():
@@ -49,7 +49,7 @@ def test_tied_layer_activations_are_per_use():
 def test_update_ratio_is_one_sgd_step(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
-    cfg = OmegaConf.structured(TelemetryConfig)
+    cfg = OmegaConf.structured(telemetry_schema())
     cfg.update_ratio.every = 1
     monitor = Monitor(tmp_path, model, cfg)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from experiments.checkpoints import CheckpointError, load, load_weights, save_atomic, save_weights
+from experiments.checkpoints import load, load_weights, save_atomic, save_weights
+from experiments.errors import CheckpointError
 from experiments.models import build_model, materialize
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from experiments.config import ConfigError
+from experiments.errors import ConfigError
 from experiments.initialization import initialize
 from experiments.models import build_model, materialize
 

@@ -7,11 +7,11 @@ import torch
 
 from conftest import run_cli
 from experiments import compose_model, load_run, parameter_table
-from experiments.checkpoints import CheckpointError
+from experiments.errors import CheckpointError
 
 
 def inspect(*args):
-    return run_cli(list(args), script="scripts/inspect.py")
+    return run_cli(list(args), script="scripts/inspect_params.py")
 
 
 def test_text_output_has_the_seed_facts():

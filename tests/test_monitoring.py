@@ -5,7 +5,9 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from conftest import read_events
-from experiments.monitoring import ScalarWriter, flat_hparams, fused_norms
+from experiments.telemetry.events import ScalarWriter
+from experiments.telemetry.signals import fused_norms
+from experiments.telemetry.summaries import flat_hparams
 
 
 def test_fused_norms_equal_per_tensor_norms():
@@ -74,7 +76,7 @@ def test_fast_event_checksums_write_the_same_records(tmp_path):
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as pure_python
     from tensorboard.summary.writer import record_writer
 
-    from experiments.monitoring import FAST_CHECKSUMS
+    from experiments.telemetry.events import FAST_CHECKSUMS
 
     assert FAST_CHECKSUMS and record_writer.masked_crc32c is not pure_python
     for size in (0, 1, 8, 100, 2048):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import ROOT, read_events, run_cli
-from experiments.checkpoints import CheckpointError, load, load_weights
+from experiments.checkpoints import load, load_weights
 from experiments.models import build_model, materialize
 
 # ~300 steps per epoch so that a signal lands mid-run; telemetry at every step to check the curves.

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import CONF, ROOT, run_cli
-from experiments.sweeps import MAX_NAME, job_dirname
+from experiments.runs import MAX_NAME, job_dirname
 
 SHORT = ["trainer.epochs=2", "data.n_train=200", "telemetry.histograms.enabled=false"]
 GRID = ["init=normal,xavier", "model=mlp,tied"]

@@ -7,9 +7,10 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from experiments.config import TelemetryConfig
-from experiments.monitoring import Monitor
-from experiments.tied_gradients import TieGradientMismatch, UseGradients, use_statistics
+from experiments.config import telemetry_schema
+from experiments.errors import TieGradientMismatch
+from experiments.telemetry.monitor import Monitor
+from experiments.telemetry.tied import UseGradients, use_statistics
 from experiments.tying import apply_param_ties, tie_groups
 
 
@@ -111,13 +112,14 @@ def test_tampered_use_gradient_fails_loudly(make_cfg, tmp_path):
     torch.manual_seed(0)
     shared = nn.Linear(4, 4)
     model = nn.Sequential(nn.Linear(3, 4), shared, nn.ReLU(), shared, nn.Linear(4, 1))
-    cfg = OmegaConf.structured(TelemetryConfig)
+    cfg = OmegaConf.structured(telemetry_schema())
     cfg.tied.every = 1
     monitor = Monitor(tmp_path, model, cfg)
     monitor.before_forward(1)
     loss = model(torch.randn(5, 3)).pow(2).mean()
     loss.backward()
-    monitor.uses.grads["1.weight"]["3.weight"] = monitor.uses.grads["1.weight"]["3.weight"] + 0.1
+    uses = monitor.signals["tied"].uses
+    uses.grads["1.weight"]["3.weight"] = uses.grads["1.weight"]["3.weight"] + 0.1
     monitor.after_backward(1)
     with pytest.raises(TieGradientMismatch, match="'1.weight' \\(1.weight, 3.weight\\)"):
         monitor.after_step(1, loss.item())
@@ -147,7 +149,7 @@ def test_hooks_exist_only_on_steps_that_log(tmp_path):
     torch.manual_seed(0)
     shared = nn.Linear(4, 4)
     model = nn.Sequential(nn.Linear(3, 4), shared, nn.ReLU(), shared, nn.Linear(4, 1))
-    cfg = OmegaConf.structured(TelemetryConfig)
+    cfg = OmegaConf.structured(telemetry_schema())
     cfg.tied.every = cfg.activations.every = 2
     monitor = Monitor(tmp_path, model, cfg)
 

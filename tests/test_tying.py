@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from experiments.config import ConfigError
+from experiments.errors import BrokenTieError, ConfigError
 from experiments.models import build_model, materialize
 from experiments.tying import apply_param_ties, tie_groups, tie_manifest, verify_ties
 
@@ -64,7 +64,7 @@ def test_broken_tie_is_caught(make_cfg):
     # gets two separate tensors from assign=True loading.
     net.load_state_dict(state, assign=True)
     verify_ties(net, {"2.weight": ["2.weight", "4.weight"]})  # the module-level tie survives
-    with pytest.raises(ConfigError, match="'0.bias' and '2.bias'"):
+    with pytest.raises(BrokenTieError, match="'0.bias' and '2.bias'"):
         verify_ties(net, manifest)
 
 
@@ -80,7 +80,7 @@ def test_loading_weights_checks_every_tie(make_cfg, tmp_path):
     assert load_weights(same, tmp_path / "w.pt")["0.bias"] == ["0.bias", "2.bias", "4.bias"]
     torch.testing.assert_close(same[0].bias, tied[0].bias)
     untied = tied_model(make_cfg)  # the same network without the YAML tie
-    with pytest.raises(ConfigError, match="'0.bias' and '2.bias'"):
+    with pytest.raises(BrokenTieError, match="'0.bias' and '2.bias'"):
         load_weights(untied, tmp_path / "w.pt")
 
 

@@ -5,12 +5,13 @@ The notebook API (imported on first use, so ``import experiments`` stays cheap):
     from experiments import compose_model, load_run, parameter_table
 """
 
-_API = {"compose_config", "compose_model", "load_run", "parameter_table"}
+_API = {"compose_config": "config", "compose_model": "inspection", "load_run": "inspection",
+        "parameter_table": "inspection"}
 
 
 def __getattr__(name):
     if name in _API:
-        from . import inspection
+        import importlib
 
-        return getattr(inspection, name)
+        return getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
     raise AttributeError(f"module 'experiments' has no attribute {name!r}")

@@ -19,12 +19,13 @@ from typing import Callable, Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from .config import compose_config, telemetry_schema
 from .data import load_data
-from .inspection import compose_config
-from .monitoring import Monitor
+from .experiment import build_experiment
+from .telemetry.monitor import Monitor
 from .training import train
 
 WORKLOADS = {
@@ -37,12 +38,10 @@ WORKLOADS = {
 
 
 def plain_loop(cfg: DictConfig, epochs: int) -> int:
-    """The reference: a hand-written loop over shuffled-tensor slices, same model, data, optimizer."""
-    torch.manual_seed(cfg.trainer.seed)
-    data = load_data(cfg.data, cfg.trainer.seed)
-    width, n_in = cfg.model.width, data.train_x.shape[1]
-    shared = nn.Linear(width, width)
-    model = nn.Sequential(nn.Linear(n_in, width), nn.ReLU(), shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(width, 1))
+    """The reference: a hand-written loop over shuffled-tensor slices, same model, data, optimizer.
+    The model is the one the config builds (after the first forward pass, plain torch.nn modules)."""
+    exp = build_experiment(cfg)
+    data, model = exp.data, exp.model
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr) if "SGD" in cfg.optim._target_ \
         else torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     gen, steps, bs = torch.Generator().manual_seed(1), 0, cfg.data.batch_size
@@ -120,7 +119,7 @@ def logging_growth(tensor_counts: Sequence[int], repeats: int) -> Dict[int, floa
     out = {}
     for count in tensor_counts:
         model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(count // 2)])
-        cfg = compose_config([]).telemetry
+        cfg = OmegaConf.structured(telemetry_schema())
         every_signal(cfg)
         cfg.histograms.enabled = False
         with tempfile.TemporaryDirectory() as run_dir:

@@ -16,11 +16,9 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from .errors import CheckpointError
+from .runs import CHECKPOINT_DIR, LAST, checkpoint_dir
 from .tying import TieManifest, tie_manifest, verify_ties
-
-
-class CheckpointError(RuntimeError):
-    """A weights or checkpoint file that cannot be read."""
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -57,6 +55,8 @@ def save_weights(model: nn.Module, path: Path) -> None:
 def load_weights(model: nn.Module, path: Path) -> TieManifest:
     """Copy saved weights into ``model`` (ties kept) and check every tie still holds."""
     saved = load(path)
+    if "state_dict" not in saved:
+        raise CheckpointError(f"{path}: holds no state_dict.")
     model.load_state_dict(saved["state_dict"])
     manifest = saved.get("tie_manifest", {})
     verify_ties(model, manifest)
@@ -64,14 +64,6 @@ def load_weights(model: nn.Module, path: Path) -> TieManifest:
 
 
 # --- training checkpoints: everything needed to continue a run exactly -------------------
-
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.pt"
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR
-
 
 def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, step: int,
                     epoch: int, batch_in_epoch: int, shuffle_state: torch.Tensor, config_yaml: str,

@@ -1,21 +1,33 @@
-"""Dataclass schemas for every config group.
+"""The config: a dataclass schema for every group, registered with Hydra, and composition.
 
 Each YAML file in ``conf/<group>/`` names its schema first in its defaults list
-(``- /schema/<group>@_here_``), so Hydra rejects an unknown key or a value of the
-wrong type while composing, before any work starts, with the key in the message.
+(``- /schema/<group>@_here_``) and states only what differs from it, so Hydra rejects an
+unknown key or a value of the wrong type while composing, before any work starts, with the
+key in the message. Two groups take their schemas from the code they configure:
+
+- ``data``: each source module of ``experiments.data`` carries its ``Config`` (found here by
+  :func:`data_schemas`), stored as ``schema/data/<name>``;
+- ``telemetry``: one field per registered signal (:func:`telemetry_schema`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
 
+from .data import DataConfig
+from .runs import register_resolvers
+from .telemetry.monitor import SIGNALS
+from .telemetry.signals import SignalConfig
 
-class ConfigError(ValueError):
-    """A config value that cannot work. The message names the config path and value."""
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 @dataclass
@@ -58,62 +70,6 @@ class InitConfig:
 
 
 @dataclass
-class DataConfig:
-    """What every dataset has: its task and output width (the model's last layer follows it)."""
-
-    name: str = MISSING
-    task: str = "regression"  # regression (MSE) | classification (cross-entropy, acc/* metrics)
-    num_outputs: Optional[int] = 1  # width of the model's last layer; None: found from the data
-    batch_size: int = 32
-
-
-@dataclass
-class SyntheticDataConfig(DataConfig):
-    """The book's synthetic regression data: y = Xw + b + noise * N(0, 1)."""
-
-    name: str = "synthetic"
-    true_w: List[float] = field(default_factory=lambda: [2.0, -3.4, 1.0, -0.5])
-    true_b: float = 4.2
-    noise: float = 0.01
-    n_train: int = 1000
-    n_val: int = 1000
-
-
-@dataclass
-class DigitsDataConfig(DataConfig):
-    """scikit-learn's bundled 8x8 handwritten digits (no download)."""
-
-    name: str = "digits"
-    task: str = "classification"
-    num_outputs: Optional[int] = 10
-    val_fraction: float = 0.2
-
-
-@dataclass
-class FashionMNISTConfig(DataConfig):
-    """The four standard IDX files of Fashion-MNIST in ``root``."""
-
-    name: str = "fashion_mnist"
-    task: str = "classification"
-    num_outputs: Optional[int] = 10
-    root: str = "data/fashion_mnist"
-    download: bool = False
-    batch_size: int = 256
-
-
-@dataclass
-class CSVDataConfig(DataConfig):
-    """A table of the user's: ``target`` column predicted from ``features`` (None: every other column)."""
-
-    name: str = "csv"
-    path: str = MISSING
-    target: str = MISSING
-    features: Optional[List[str]] = None
-    num_outputs: Optional[int] = None
-    val_fraction: float = 0.2
-
-
-@dataclass
 class SGDConfig:
     _target_: str = "torch.optim.SGD"
     _partial_: bool = True
@@ -142,47 +98,44 @@ class TrainerConfig:
     freeze: List[str] = field(default_factory=list)  # globs of parameter names that are not trained
 
 
-@dataclass
-class Signal:
-    """One telemetry signal: on or off, and how often (in optimizer steps)."""
-
-    enabled: bool = True
-    every: int = 10
-
-
-@dataclass
-class TelemetryConfig:
-    enabled: bool = True  # master switch: off writes nothing but the loss curves
-    # Each signal is logged at step 1 and then every `every` steps (cadences measured by scripts/bench.py).
-    loss: Signal = field(default_factory=lambda: Signal(True, 10))
-    param_norm: Signal = field(default_factory=lambda: Signal(True, 50))
-    grad_norm: Signal = field(default_factory=lambda: Signal(True, 50))
-    tied: Signal = field(default_factory=lambda: Signal(True, 50))  # summed and per-use gradients
-    activations: Signal = field(default_factory=lambda: Signal(True, 100))
-    update_ratio: Signal = field(default_factory=lambda: Signal(True, 100))
-    histograms: Signal = field(default_factory=lambda: Signal(True, 1000))
+def telemetry_schema() -> type:
+    """``telemetry``: a master switch and one :class:`SignalConfig` per registered signal, with
+    that signal's default cadence. Each signal logs at step 1, then every ``every`` steps."""
+    fields = [("enabled", bool, field(default=True))]  # false: only the loss curve
+    for name, signal in SIGNALS.items():
+        default = SignalConfig(enabled=signal.enabled, every=signal.every)
+        fields.append((name, SignalConfig, field(default_factory=lambda d=default: dataclasses.replace(d))))
+    return dataclasses.make_dataclass("TelemetryConfig", fields)
 
 
-SCHEMAS = {
-    "model": ModelConfig,
-    "init": InitConfig,
-    "data/synthetic": SyntheticDataConfig,
-    "data/digits": DigitsDataConfig,
-    "data/fashion_mnist": FashionMNISTConfig,
-    "data/csv": CSVDataConfig,
-    "optim/sgd": SGDConfig,
-    "optim/adam": AdamConfig,
-    "trainer": TrainerConfig,
-    "telemetry": TelemetryConfig,
-}
+def data_schemas() -> Dict[str, type]:
+    """``name`` -> ``Config`` of every source module in ``experiments.data``."""
+    from . import data
+
+    schemas = {}
+    for info in pkgutil.iter_modules(data.__path__):
+        config = getattr(importlib.import_module(f"{data.__name__}.{info.name}"), "Config", None)
+        if isinstance(config, type) and dataclasses.is_dataclass(config) and issubclass(config, DataConfig):
+            schemas[config.name] = config
+    return schemas
 
 
 def register_configs() -> None:
-    """Store the schemas as ``schema/<group>`` so YAML files can extend them."""
+    """Store the schemas as ``schema/<group>`` so YAML files can extend them; register resolvers."""
+    schemas = {"model": ModelConfig, "init": InitConfig, "optim/sgd": SGDConfig, "optim/adam": AdamConfig,
+               "trainer": TrainerConfig, "telemetry": telemetry_schema()}
+    schemas.update({f"data/{name}": config for name, config in data_schemas().items()})
     cs = ConfigStore.instance()
-    for path, node in SCHEMAS.items():
+    for path, node in schemas.items():
         group, _, name = f"schema/{path}".rpartition("/")
         cs.store(group=group, name=name, node=node)
-    from .sweeps import register_resolvers  # ${job_dirname:...} in hydra.sweep.subdir
-
     register_resolvers()
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config ``python train.py <overrides>`` would run, composed with Hydra's compose API."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from dataclasses import dataclass
 from typing import Dict
@@ -11,11 +10,11 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from .config import ConfigError
 from .data import Dataset, load_data
+from .errors import ConfigError
 from .initialization import initialize
 from .models import build_model, materialize
-from .tying import TieManifest, apply_param_ties, parameter_aliases, tie_manifest, verify_ties
+from .tying import TieManifest, apply_param_ties, matching, parameter_aliases, tie_manifest, verify_ties
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ def freeze(model: nn.Module, patterns) -> None:
     aliases = parameter_aliases(model)
     params = dict(model.named_parameters())
     for i, pattern in enumerate(patterns):
-        matched = [n for n in params if any(fnmatch.fnmatchcase(a, pattern) for a in aliases[n])]
+        matched = matching(aliases, pattern)
         if not matched:
             raise ConfigError(f"trainer.freeze[{i}]={pattern!r} matches no parameter. Parameters: {', '.join(params)}.")
         for name in matched:

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import torch
 
-from .failures import Diverged
+from .errors import Diverged
 
 
 def first_nonfinite_grad(names: List[str], params: List[torch.nn.Parameter]) -> Optional[str]:

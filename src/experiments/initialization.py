@@ -9,7 +9,6 @@ parameter is initialized once. Lazy layers must be materialized first.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from typing import Callable, Dict, List
 
@@ -17,9 +16,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .config import ConfigError
-from .models import has_uninitialized, resolve_callable
-from .tying import parameter_aliases
+from .errors import ConfigError
+from .models import has_uninitialized
+from .targets import resolve
+from .tying import matching, parameter_aliases
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,7 @@ def d2l_custom_(tensor: torch.Tensor, low: float = -10.0, high: float = 10.0, th
 
 
 def _init_function(path: str, where: str) -> Callable:
-    if "." not in path:  # a bare name is a torch.nn.init function
-        path = f"torch.nn.init.{path}"
-    fn = resolve_callable(path, where)
+    fn = resolve(path, where, default_module="torch.nn.init")  # a bare name is a torch.nn.init function
     if not callable(fn):
         raise ConfigError(f"{where}: '{path}' is not a function.")
     return fn
@@ -67,10 +65,8 @@ def initialize(model: nn.Module, cfg: DictConfig) -> Dict[str, str]:
         if rule.kind not in ("weight", "bias", "any"):
             raise ConfigError(f"{where}.kind={rule.kind!r}: must be 'weight', 'bias' or 'any'.")
         matched: List[str] = []
-        for name, p in params.items():
-            names = aliases[name]
-            if not any(fnmatch.fnmatchcase(n, rule.params) for n in names):
-                continue
+        for name in matching(aliases, rule.params):
+            p = params[name]
             if rule.kind != "any" and name.rpartition(".")[2] != rule.kind:
                 continue
             if rule.module is not None and type(owners[name]).__name__ != rule.module.rpartition(".")[2]:

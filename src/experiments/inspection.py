@@ -16,27 +16,15 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from .checkpoints import CheckpointError, checkpoint_dir, load
-from .config import ConfigError
+from .checkpoints import load_weights
+from .config import compose_config
+from .errors import ConfigError
 from .experiment import Experiment, build_experiment
+from .runs import saved_config, weights_path
 from .summary import parameter_rows, totals
-from .tying import verify_ties
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
-def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """The config ``python train.py <overrides>`` would run, composed with Hydra's compose API."""
-    from hydra import compose, initialize_config_dir
-
-    from .config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def compose_model(overrides: Sequence[str] = (), device: str = "cpu") -> Experiment:
@@ -56,36 +44,13 @@ class LoadedRun:
         return self.experiment.model
 
 
-def weights_path(run_dir: Path, weights: str = "final") -> Path:
-    """``final``/``init``: the run's weights files; any other name: ``checkpoints/<name>.pt``; or a path."""
-    run_dir = Path(run_dir)
-    candidates = {"final": run_dir / "weights_final.pt", "init": run_dir / "weights_init.pt"}
-    path = candidates.get(weights) or checkpoint_dir(run_dir) / f"{weights.removesuffix('.pt')}.pt"
-    if not path.is_file() and Path(weights).is_file():
-        path = Path(weights)
-    if not path.is_file():
-        have = sorted(p.name for p in [*candidates.values(), *checkpoint_dir(run_dir).glob("*.pt")] if p.is_file())
-        hint = (f"It has: {', '.join(have)}; choose one with weights=<init|final|checkpoint name>." if have
-                else "It has no weights at all (the run failed before writing any; see its failure.txt).")
-        raise CheckpointError(f"{run_dir}: no {path.relative_to(run_dir) if path.is_relative_to(run_dir) else path}. {hint}")
-    return path
-
-
 def load_run(run_dir: Path, weights: str = "final") -> LoadedRun:
     """A finished (or interrupted) run's model, built from its saved config, with its weights loaded."""
-    run_dir = Path(run_dir)
-    saved = run_dir / ".hydra" / "config.yaml"
-    if not saved.is_file():
-        raise ConfigError(f"run={run_dir}: not a run folder (no .hydra/config.yaml).")
+    cfg = saved_config(run_dir)
     path = weights_path(run_dir, weights)
-    cfg = OmegaConf.load(saved)
     cfg.trainer.device = "cpu"
     exp = build_experiment(cfg)
-    state = load(path)
-    if "state_dict" not in state:
-        raise CheckpointError(f"{path}: holds no state_dict.")
-    exp.model.load_state_dict(state["state_dict"])
-    verify_ties(exp.model, state.get("tie_manifest", {}))
+    load_weights(exp.model, path)
     return LoadedRun(exp, cfg, path)
 
 

@@ -18,7 +18,6 @@ list whose items are one of:
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any, Dict, List
 
@@ -26,22 +25,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .config import ConfigError
+from .errors import ConfigError
+from .targets import resolve
 
 # The argument that carries the input size, for classes that have a Lazy twin.
 _INPUT_ARGS = ("in_features", "in_channels", "num_features")
-
-
-def resolve_callable(path: str, where: str) -> Any:
-    """Import ``a.b.C`` (a bare name is looked up in ``torch.nn``)."""
-    module_name, _, attr = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name or "torch.nn"), attr)
-    except (ImportError, AttributeError, ValueError):
-        raise ConfigError(
-            f"{where}: cannot import '{path}'. Give a dotted path to a class or function, "
-            f"for example 'torch.nn.Linear' or 'torch.nn.init.xavier_uniform_'."
-        ) from None
 
 
 def _lazy_twin(cls: type, kwargs: Dict[str, Any]) -> type:
@@ -63,7 +51,7 @@ class _Builder:
     def layer(self, spec: Any, where: str) -> nn.Module:
         if isinstance(spec, dict) and "_target_" in spec:
             kwargs = {k: v for k, v in spec.items() if k != "_target_"}
-            factory = resolve_callable(spec["_target_"], f"{where}._target_")
+            factory = resolve(spec["_target_"], f"{where}._target_")
             if inspect.isclass(factory) and self.lazy:
                 factory = _lazy_twin(factory, kwargs)
             try:

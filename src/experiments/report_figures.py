@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 from typing import Dict, List
 
-from .report import Job, varying_overrides
+from .runs import Job, varying_overrides
+from .telemetry import tags
 
 MAX_PANELS = 12  # per figure; more jobs than that are left out of the per-job figures, with a note
 
@@ -37,6 +38,11 @@ def _grid(plt, n: int, width: float = 4.5, height: float = 3.2):
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
+
+
+def _param_norm_tags(job: Job):
+    """(tag, parameter name) of each parameter-norm curve, sorted."""
+    return sorted((t, p.name) for t, p in ((t, tags.parse(t)) for t in job.curves) if p and p.kind == "param_norm")
 
 
 def _log_scale_if_positive(ax, values) -> None:
@@ -74,7 +80,7 @@ def _val_loss(plt, root: Path, jobs: List[Job], labels: Dict[str, str]) -> Path:
     fig, ax = plt.subplots(figsize=(9, 5.5))
     values = []
     for job in jobs:
-        curve = job.curves.get("loss/val", [])
+        curve = job.curves.get(tags.LOSS_VAL, [])
         if curve:
             steps, vals = _steps_values(curve)
             values += vals
@@ -94,7 +100,7 @@ def _val_loss(plt, root: Path, jobs: List[Job], labels: Dict[str, str]) -> Path:
 def _param_norms(plt, root: Path, jobs: List[Job], labels: Dict[str, str]) -> List[Path]:
     schemes: Dict[str, List[Job]] = {}
     for job in jobs:
-        if any(tag.startswith("param_norm/") for tag in job.curves):
+        if _param_norm_tags(job):
             schemes.setdefault(job.choices.get("init", "unknown"), []).append(job)
     written = []
     for scheme, members in schemes.items():
@@ -102,10 +108,10 @@ def _param_norms(plt, root: Path, jobs: List[Job], labels: Dict[str, str]) -> Li
         fig, axes = _grid(plt, len(shown))
         for ax, job in zip(axes, shown):
             values = []
-            for tag in sorted(t for t in job.curves if t.startswith("param_norm/")):
+            for tag, name in _param_norm_tags(job):
                 steps, vals = _steps_values(job.curves[tag])
                 values += vals
-                ax.plot(steps, vals, marker=_marker(steps), markersize=3, label=tag[len("param_norm/"):])
+                ax.plot(steps, vals, marker=_marker(steps), markersize=3, label=name)
             _log_scale_if_positive(ax, values)
             ax.set_title(labels[job.name] + ("" if job.status == "ok" else f" ({job.status})"), fontsize="small")
             ax.set(xlabel="step", ylabel="parameter norm")
@@ -119,16 +125,16 @@ def _param_norms(plt, root: Path, jobs: List[Job], labels: Dict[str, str]) -> Li
 
 
 def _tied_grad_norms(plt, root: Path, jobs: List[Job], labels: Dict[str, str]):
-    panels = [(job, name) for job in jobs for name in job.tied() if f"tied/{name}/grad_norm" in job.curves]
+    panels = [(job, name) for job in jobs for name in job.tied() if tags.tied_grad_norm(name) in job.curves]
     if not panels:
         return None
     shown = panels[:MAX_PANELS]
     fig, axes = _grid(plt, len(shown))
     for ax, (job, name) in zip(axes, shown):
-        steps, vals = _steps_values(job.curves[f"tied/{name}/grad_norm"])
+        steps, vals = _steps_values(job.curves[tags.tied_grad_norm(name)])
         ax.plot(steps, vals, color="black", linewidth=2, marker=_marker(steps), label="sum (.grad)")
         for use in job.uses(name):
-            tag = f"tied/{name}/use/{use}/grad_norm"
+            tag = tags.use_stat(name, use, "grad_norm")
             if tag in job.curves:
                 ax.plot(*_steps_values(job.curves[tag]), linewidth=1, marker=_marker(steps), markersize=3,
                         label=f"use {use}")

@@ -1,49 +1,36 @@
-"""Where a sweep's jobs land: a folder per sweep that no other sweep shares, a folder per job
-named by its overrides (so TensorBoard's run list reads ``init=xavier,model=tied``).
+"""How a sweep behaves: Hydra callbacks listed in ``conf/config.yaml``.
+
+Where a sweep's jobs land: a folder per sweep that no other sweep shares, a folder per job
+named by its overrides (so TensorBoard's run list reads ``init=xavier,model=tied``); and how it
+ends: non-zero, naming the jobs that failed.
 
 - :class:`UniqueSweepDir` (a Hydra callback, listed in ``conf/config.yaml``) claims the sweep
   folder with an atomic ``mkdir`` before any job starts. When the folder is time-stamped
   (``${now:...}``, the default) and another sweep already has it, because both started in the
   same second, this sweep takes ``<time>-2`` (then ``-3``, ...). A folder given explicitly
   (``hydra.sweep.dir=...``) is used as given, so a sweep can be resumed in place.
-- the ``job_dirname`` resolver (``hydra.sweep.subdir: ${job_dirname:${hydra.job.override_dirname}}``)
-  makes one folder name out of a job's overrides: a ``/`` in a value (a path) becomes ``%2F``
-  instead of nesting folders, no overrides gives ``defaults``, and a name too long for the file
-  system is shortened with a hash of the whole.
+- job folders are named by the ``${job_dirname:...}`` resolver (``runs.job_dirname``). Importing
+  this module registers it: a sweep's workers import it when they unpickle the callbacks, before
+  they resolve their folder.
+- :class:`SweepFailures` exits non-zero at the end of a sweep if any job left a ``failure.txt``.
 
-Importing this module registers the resolver; it imports nothing heavy (a sweep's workers
-import it when they unpickle the callback, before they resolve their folder).
+This module imports nothing heavy.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import sys
 from itertools import count
 from pathlib import Path
-from typing import Any
+from typing import Any, List
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from .runs import FAILURE_FILE, register_resolvers
+
 log = logging.getLogger(__name__)
-
-MAX_NAME = 200  # bytes; file systems allow 255
-
-
-def job_dirname(override_dirname: str) -> str:
-    """One folder name for a job's ``hydra.job.override_dirname``."""
-    name = str(override_dirname).replace("%", "%25").replace("/", "%2F")
-    if not name:
-        return "defaults"
-    if len(name.encode()) > MAX_NAME:
-        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
-        name = name.encode()[: MAX_NAME - 12].decode(errors="ignore") + "-" + digest
-    return name
-
-
-def register_resolvers() -> None:
-    OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 
 
 def claim_folder(base: Path) -> Path:
@@ -80,6 +67,19 @@ class UniqueSweepDir(Callback):
                 config.hydra.sweep.dir = str(claimed)
                 config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quote_override_value(str(claimed))}")
         log.info("sweep folder: %s  (report: python scripts/report.py %s)", claimed, claimed)
+
+
+class SweepFailures(Callback):
+    """At the end of a sweep, exit non-zero if any job left a ``failure.txt``."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failed: List[str] = sorted(str(p.parent.relative_to(sweep_dir)) for p in sweep_dir.rglob(FAILURE_FILE))
+        if failed:
+            reasons = [(sweep_dir / name / FAILURE_FILE).read_text().strip().split(". ")[0] for name in failed]
+            log.error("%d job(s) of the sweep in %s failed (see each job's %s):\n%s", len(failed), sweep_dir,
+                      FAILURE_FILE, "\n".join(f"  {name}: {why[:200]}" for name, why in zip(failed, reasons)))
+            sys.exit(1)
 
 
 register_resolvers()

@@ -1,4 +1,10 @@
-"""The training loop: one function from a composed config to a trained, logged run."""
+"""The training loop: from a composed config to a trained, logged run.
+
+    train(cfg, run_dir)          # what train.py calls; returns the final validation loss
+
+is three steps of a :class:`Run`: set up (fresh, or resumed from a checkpoint), train epoch by
+epoch, finish (final weights, the value a sweeper minimises).
+"""
 
 from __future__ import annotations
 
@@ -15,11 +21,13 @@ from torch import nn
 
 from .checkpoints import find_checkpoint, restore_checkpoint, run_dir_of, save_checkpoint, save_weights
 from .data import Dataset
+from .errors import Interrupted
 from .experiment import build_experiment
-from .failures import FAILURE_FILE, Interrupted
 from .guards import InterruptGuard, check_finite, check_validation
-from .monitoring import Monitor, cadences, flat_hparams, ties_markdown
+from .runs import FAILURE_FILE, WEIGHTS_FINAL, WEIGHTS_INIT
 from .summary import summary_markdown
+from .telemetry.monitor import Monitor, cadences
+from .telemetry.summaries import flat_hparams, ties_markdown
 
 log = logging.getLogger(__name__)
 
@@ -46,86 +54,109 @@ def evaluate(model: nn.Module, data: Dataset, chunk: int = 4096) -> Dict[str, fl
     return {"loss/val": float(total) / (n * data.val_y[0].numel())}  # MSE sums every output
 
 
+class Run:
+    """One run: the experiment, its optimizer and monitor, and where training stands
+    (``step`` done, ``epoch`` in progress, ``skip`` batches of it done)."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] = None):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.exp = build_experiment(cfg)  # every config check happens here, before anything is written
+        cadences(cfg.telemetry)  # a bad telemetry cadence too
+        self.model, self.data = self.exp.model, self.exp.data
+        named = list(self.model.named_parameters())
+        self.names, self.params = [n for n, _ in named], [p for _, p in named]
+        self.optimizer = instantiate(cfg.optim)(self.model.parameters())
+        self.loss_fn = loss_function(self.data.task)
+        self.shuffle = torch.Generator().manual_seed(cfg.trainer.seed + 1)
+        self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        self.step, self.epoch, self.skip, self.val_loss = 0, 1, 0, float("nan")
+
+        checkpoint = find_checkpoint(cfg.trainer.resume, self.run_dir) if cfg.trainer.resume else None
+        if checkpoint:
+            self.run_dir = run_dir_of(checkpoint)
+            state = restore_checkpoint(checkpoint, self.model, self.optimizer)
+            self.step, self.epoch, self.skip = state["step"], state["epoch"], state["batch_in_epoch"]
+            self.shuffle.set_state(state["rng"]["shuffle"])
+            log.info("resuming from %s at step %d (epoch %d, %d batches done)", checkpoint, self.step, self.epoch,
+                     self.skip)
+        else:
+            save_weights(self.model, self.run_dir / WEIGHTS_INIT)
+        self.monitor = Monitor(self.run_dir, self.model, cfg.telemetry, purge_step=self.step + 1 if checkpoint else None,
+                               classification=self.data.task == "classification")
+        if not checkpoint:
+            self.monitor.text("config", "    " + self.config_yaml.replace("\n", "\n    "))
+            self.monitor.text("ties", ties_markdown(self.exp.manifest))
+            self.monitor.text("summary", summary_markdown(self.model, self.exp.init_rules))
+            self.monitor.hparams(flat_hparams(cfg, choices or {}))
+        log.info("training %s (%d parameters, %d tied) on %s: %d epochs of %d steps; run folder %s",
+                 cfg.model.name, sum(p.numel() for p in self.params), len(self.exp.manifest), self.exp.device,
+                 cfg.trainer.epochs, self.data.steps_per_epoch(), self.run_dir)
+
+    def train_epoch(self, interrupt: InterruptGuard) -> Dict[str, float]:
+        """The rest of the epoch in progress, its validation, its checkpoint; the epoch's metrics."""
+        started, epoch_start = time.perf_counter(), self.shuffle.get_state()
+        epoch_loss, done_here = 0.0, 0
+        self.model.train()
+        for x, y in self.data.batches(self.shuffle, self.skip):
+            self.step, self.skip, done_here = self.step + 1, self.skip + 1, done_here + 1
+            epoch_loss += self.train_step(x, y)
+            if interrupt.signum:
+                path = self.checkpoint(epoch_start, numbered=False)
+                raise Interrupted(f"stopped by {interrupt.name} at step {self.step}; checkpoint written to {path}.",
+                                  interrupt.signum, self.run_dir)
+        metrics = evaluate(self.model.eval(), self.data)
+        self.val_loss = metrics["loss/val"]
+        check_validation(self.step, self.val_loss, self.names, self.params)
+        self.monitor.epoch_end(self.step, metrics)
+        log.info("epoch %d/%d  step %d  loss/train %.6f  %s  (%.2fs)", self.epoch, self.cfg.trainer.epochs, self.step,
+                 epoch_loss / max(done_here, 1), "  ".join(f"{k} {v:.6f}" for k, v in metrics.items()),
+                 time.perf_counter() - started)
+        self.epoch, self.skip = self.epoch + 1, 0
+        every = self.cfg.trainer.checkpoint_every
+        self.checkpoint(self.shuffle.get_state(), numbered=every > 0 and (self.epoch - 1) % every == 0)
+        return metrics
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One optimizer step, watched by the monitor; the batch's loss."""
+        self.monitor.before_forward(self.step)
+        out = self.model(x)
+        loss = self.loss_fn(out, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loss_value = check_finite(self.step, loss, self.names, self.params)
+        self.monitor.after_backward(self.step)
+        self.optimizer.step()
+        self.monitor.after_step(self.step, loss_value, out, y)
+        return loss_value
+
+    def checkpoint(self, shuffle_state: torch.Tensor, numbered: bool) -> Path:
+        """``checkpoints/last.pt`` (and a numbered copy) at the current step. ``shuffle_state`` is
+        the shuffle generator's state at the start of the epoch in progress."""
+        return save_checkpoint(self.run_dir, self.model, self.optimizer, step=self.step, epoch=self.epoch,
+                               batch_in_epoch=self.skip, shuffle_state=shuffle_state,
+                               config_yaml=self.config_yaml, numbered=numbered)
+
+    def finish(self) -> float:
+        """Final weights; a finished run is no longer a failure. Returns the final validation loss."""
+        if self.val_loss != self.val_loss:  # resumed a run that had already finished its epochs
+            self.val_loss = evaluate(self.model.eval(), self.data)["loss/val"]
+        save_weights(self.model, self.run_dir / WEIGHTS_FINAL)
+        (self.run_dir / FAILURE_FILE).unlink(missing_ok=True)  # a resumed run that finishes is no longer a failure
+        log.info("done: loss/val %.6f; see it with: tensorboard --logdir %s", self.val_loss, self.run_dir)
+        return self.val_loss
+
+
 def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] = None) -> float:
     """Build, initialize, train and log the experiment ``cfg`` into ``run_dir``.
 
     With ``trainer.resume`` it continues a run from its checkpoint instead (in that run's
     folder). Returns the final validation loss, the number a sweeper minimises.
     """
-    run_dir = Path(run_dir)
-    exp = build_experiment(cfg)  # every config check happens here, before anything is written
-    cadences(cfg.telemetry)  # a bad telemetry cadence too
-    model, data = exp.model, exp.data
-    optimizer = instantiate(cfg.optim)(model.parameters())
-    loss_fn = loss_function(data.task)
-    shuffle = torch.Generator().manual_seed(cfg.trainer.seed + 1)
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-
-    step, epoch, skip = 0, 1, 0
-    checkpoint = find_checkpoint(cfg.trainer.resume, run_dir) if cfg.trainer.resume else None
-    if checkpoint:
-        run_dir = run_dir_of(checkpoint)
-        state = restore_checkpoint(checkpoint, model, optimizer)
-        step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
-        shuffle.set_state(state["rng"]["shuffle"])
-        log.info("resuming from %s at step %d (epoch %d, %d batches done)", checkpoint, step, epoch, skip)
-    else:
-        save_weights(model, run_dir / "weights_init.pt")
-
-    classification = data.task == "classification"
-    monitor = Monitor(run_dir, model, cfg.telemetry, purge_step=step + 1 if checkpoint else None,
-                      classification=classification)
-    if not checkpoint:
-        monitor.text("config", "    " + config_yaml.replace("\n", "\n    "))
-        monitor.text("ties", ties_markdown(exp.manifest))
-        monitor.text("summary", summary_markdown(model, exp.init_rules))
-        monitor.hparams(flat_hparams(cfg, choices or {}))
-
-    epochs, val_loss = cfg.trainer.epochs, float("nan")
-    every = cfg.trainer.checkpoint_every
-    log.info("training %s (%d parameters, %d tied) on %s: %d epochs of %d steps; run folder %s",
-             cfg.model.name, sum(p.numel() for p in model.parameters()), len(exp.manifest),
-             exp.device, epochs, data.steps_per_epoch(), run_dir)
+    run = Run(cfg, run_dir, choices)
     with InterruptGuard() as interrupt:
         try:
-            while epoch <= epochs:
-                started, epoch_start = time.perf_counter(), shuffle.get_state()
-                epoch_loss, done_here = 0.0, 0
-                model.train()
-                for x, y in data.batches(shuffle, skip):
-                    step, skip, done_here = step + 1, skip + 1, done_here + 1
-                    monitor.before_forward(step)
-                    out = model(x)
-                    loss = loss_fn(out, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    loss_value = check_finite(step, loss, monitor.names, monitor.params)
-                    monitor.after_backward(step)
-                    optimizer.step()
-                    monitor.after_step(step, loss_value, out, y)
-                    epoch_loss += loss_value
-                    if interrupt.signum:
-                        path = save_checkpoint(run_dir, model, optimizer, step=step, epoch=epoch, batch_in_epoch=skip,
-                                               shuffle_state=epoch_start, config_yaml=config_yaml, numbered=False)
-                        raise Interrupted(f"stopped by {interrupt.name} at step {step}; checkpoint written to {path}.",
-                                          interrupt.signum, run_dir)
-                model.eval()
-                metrics = evaluate(model, data)
-                val_loss = metrics["loss/val"]
-                check_validation(step, val_loss, monitor.names, monitor.params)
-                monitor.epoch_end(step, metrics)
-                log.info("epoch %d/%d  step %d  loss/train %.6f  %s  (%.2fs)", epoch, epochs, step,
-                         epoch_loss / max(done_here, 1),
-                         "  ".join(f"{k} {v:.6f}" for k, v in metrics.items()), time.perf_counter() - started)
-                epoch, skip = epoch + 1, 0
-                save_checkpoint(run_dir, model, optimizer, step=step, epoch=epoch, batch_in_epoch=0,
-                                shuffle_state=shuffle.get_state(), config_yaml=config_yaml,
-                                numbered=every > 0 and (epoch - 1) % every == 0)
+            while run.epoch <= cfg.trainer.epochs:
+                run.train_epoch(interrupt)
         finally:
-            monitor.close()
-    if val_loss != val_loss:  # resumed a run that had already finished its epochs
-        val_loss = evaluate(model.eval(), data)["loss/val"]
-    save_weights(model, run_dir / "weights_final.pt")
-    (run_dir / FAILURE_FILE).unlink(missing_ok=True)  # a resumed run that finishes is no longer a failure
-    log.info("done: loss/val %.6f; see it with: tensorboard --logdir %s", val_loss, run_dir)
-    return val_loss
+            run.monitor.close()
+    return run.finish()

@@ -8,12 +8,13 @@ travels with every saved set of weights.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from typing import Dict, List
 
 from torch import nn
 
-from .config import ConfigError
+from .errors import BrokenTieError, ConfigError
 
 TieManifest = Dict[str, List[str]]
 
@@ -33,6 +34,13 @@ def parameter_aliases(model: nn.Module) -> Dict[str, List[str]]:
     return {names[0]: names for names in by_id.values()}
 
 
+def matching(aliases: Dict[str, List[str]], pattern: str) -> List[str]:
+    """Canonical names of the parameters any of whose names matches the glob ``pattern``
+    (``aliases`` as :func:`parameter_aliases` returns it): a rule naming ``4.weight`` selects
+    the parameter that ``named_parameters()`` calls ``2.weight``."""
+    return [name for name, names in aliases.items() if any(fnmatch.fnmatchcase(n, pattern) for n in names)]
+
+
 def tie_groups(model: nn.Module) -> List[TieGroup]:
     """The parameters that appear under more than one name."""
     params = dict(model.named_parameters())
@@ -45,14 +53,6 @@ def tie_groups(model: nn.Module) -> List[TieGroup]:
 
 def tie_manifest(model: nn.Module) -> TieManifest:
     return {g.canonical: g.aliases for g in tie_groups(model)}
-
-
-def module_sites(model: nn.Module) -> Dict[nn.Module, List[str]]:
-    """Every module -> all the names it has in the model (a shared module has several, in order)."""
-    sites: Dict[nn.Module, List[str]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        sites.setdefault(module, []).append(name)
-    return sites
 
 
 def _owner(model: nn.Module, name: str, where: str):
@@ -92,9 +92,9 @@ def verify_ties(model: nn.Module, manifest: TieManifest) -> None:
     for canonical, aliases in manifest.items():
         for alias in aliases:
             if alias not in found:
-                raise ConfigError(f"tie manifest: '{alias}' (tied to '{canonical}') is not a parameter of the model.")
+                raise BrokenTieError(f"tie manifest: '{alias}' (tied to '{canonical}') is not a parameter of the model.")
             if found[alias] is not found[canonical]:
-                raise ConfigError(
+                raise BrokenTieError(
                     f"broken tie: '{canonical}' and '{alias}' should be one shared parameter "
                     f"but are now separate tensors (loading with assign=True or a device move "
                     f"can do this). Re-tie them, or load with load_state_dict(..., assign=False)."

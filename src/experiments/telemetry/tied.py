@@ -1,4 +1,4 @@
-"""Each use's own gradient of a tied parameter.
+"""Each use's own gradient of a tied parameter: the ``tied`` signal.
 
 Autograd sums the gradients of every place a tied parameter is used into one ``.grad``.
 To see each use's part, every call of a module that holds a tied parameter gets its own
@@ -11,18 +11,19 @@ happens in a hook; capture is switched on only for the steps that log it.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
+from functools import partial
 from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
 
-from .failures import RunFailed
-from .tying import TieGroup, module_sites
-
-
-class TieGradientMismatch(RunFailed):
-    """The uses' gradients of a tied parameter do not add up to its ``.grad``."""
+from ..errors import TieGradientMismatch
+from ..tying import TieGroup
+from . import tags
+from .hooks import CallSites, module_sites
+from .signals import Signal, Watched, fused_norms
 
 
 class UseGradients:
@@ -33,40 +34,20 @@ class UseGradients:
         self.active = False
         self.grads: Dict[str, Dict[str, torch.Tensor]] = defaultdict(dict)  # canonical -> alias -> grad
         canonical_of = {id(g.param): g.canonical for g in groups}
-        sites = module_sites(model)
         self._leaves: Dict[nn.Module, List[Tuple[str, str]]] = {}  # module -> [(leaf, canonical)]
+        sites = module_sites(model)
         for module in sites:
             leaves = [(leaf, canonical_of[id(p)]) for leaf, p in module._parameters.items()
                       if p is not None and id(p) in canonical_of]
             if leaves:
                 self._leaves[module] = leaves
-        self._sites = {m: sites[m] for m in self._leaves}
-        self._calls: Dict[nn.Module, int] = {}
+        self._hooks = CallSites(model, {m: sites[m] for m in self._leaves}, pre=self._give_views, post=self._restore)
         self._saved: Dict[nn.Module, List[Dict[str, nn.Parameter]]] = defaultdict(list)
-        self._model = model
-        self._handles: list = []  # hooks exist only between start() and stop(): other steps pay nothing
-
-    def _install(self) -> None:
-        self._handles = [self._model.register_forward_pre_hook(self._reset)]
-        for module in self._leaves:
-            self._handles.append(module.register_forward_pre_hook(self._give_views))
-            self._handles.append(module.register_forward_hook(self._restore))
-
-    def _remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def _reset(self, model, args) -> None:
-        self._calls.clear()
 
     def _give_views(self, module: nn.Module, args) -> None:
         if not self.active:
             return
-        k = self._calls.get(module, 0)
-        self._calls[module] = k + 1
-        names = self._sites[module]
-        site = names[k] if k < len(names) else f"{names[-1]}#{k}"
+        site = self._hooks.next_site(module)
         saved = {}
         grad_on = torch.is_grad_enabled()
         for leaf, canonical in self._leaves[module]:
@@ -98,21 +79,16 @@ class UseGradients:
     def start(self) -> None:
         """Capture the uses of the next forward/backward (hooks go in now, out at ``stop``)."""
         self.grads.clear()
-        self._calls.clear()
-        if not self._handles:
-            self._install()
+        self._hooks.install()
         self.active = True
 
     def stop(self) -> None:
         """Stop capturing; a forward that raised midway leaves views in place: put the Parameters back."""
         self.active = False
-        self._remove()
+        self._hooks.remove()
         for module, stack in self._saved.items():
             while stack:
                 module._parameters.update(stack.pop())
-
-    def close(self) -> None:
-        self.stop()
 
 
 def use_statistics(name: str, param: nn.Parameter, uses: Dict[str, torch.Tensor]):
@@ -131,10 +107,10 @@ def use_statistics(name: str, param: nn.Parameter, uses: Dict[str, torch.Tensor]
     cancellation = torch.linalg.vector_norm(stacked.sum(0)) / norms.sum().clamp_min(1e-30)
     error = torch.linalg.vector_norm(stacked.sum(0) - total)
     tolerance = 1e-5 * stacked.shape[0] * (norms.sum() + 1e-12)
-    tags = [f"tied/{name}/use/{a}/grad_norm" for a in aliases] + [f"tied/{name}/use/{a}/cos" for a in aliases]
-    tags.append(f"tied/{name}/cancellation")
+    names = [tags.use_stat(name, a, "grad_norm") for a in aliases] + [tags.use_stat(name, a, "cos") for a in aliases]
+    names.append(tags.cancellation(name))
     values = torch.cat([norms, cos, cancellation.reshape(1)])  # one value per tag, one tensor
-    return tags, values, (error, tolerance)
+    return names, values, (error, tolerance)
 
 
 def mismatch(name: str, uses: List[str], error: float, tolerance: float) -> TieGradientMismatch:
@@ -144,3 +120,47 @@ def mismatch(name: str, uses: List[str], error: float, tolerance: float) -> TieG
         f"parameter other than as an attribute, a hook that edits gradients, or gradients accumulated "
         f"over several backward passes without zero_grad can cause this."
     )
+
+
+def tied_layout(groups: List[TieGroup]) -> Dict[str, Dict[str, list]]:
+    """Custom-scalars layout: one chart per tied parameter with its uses and their sum."""
+    charts = {}
+    for g in groups:
+        lines = [tags.tied_grad_norm(g.canonical)] + [tags.use_stat(g.canonical, a, "grad_norm") for a in g.aliases]
+        charts[f"{g.canonical}: gradient norm of each use and their sum"] = ["Multiline", [re.escape(t) for t in lines]]
+    return {"tied parameters": charts}
+
+
+class Tied(Signal):
+    """``tied/<param>/...``: the summed gradient of each tied parameter, each use's own
+    gradient and its cosine with the sum, and the cancellation; checks that the uses add up."""
+
+    name = "tied"
+
+    @classmethod
+    def applies(cls, watched: Watched) -> bool:
+        return bool(watched.groups)
+
+    def __init__(self, watched: Watched):
+        super().__init__(watched)
+        self.uses = UseGradients(watched.model, watched.groups)
+        watched.writer.add_custom_scalars(tied_layout(watched.groups))
+
+    def before_forward(self, step) -> None:
+        self.uses.start()
+
+    def after_backward(self, step, record) -> None:
+        self.uses.stop()
+        with_grad = [g for g in self.watched.groups if g.param.grad is not None]
+        if with_grad:
+            norms = torch.stack(fused_norms([g.param.grad for g in with_grad]))
+            record.extend([tags.tied_grad_norm(g.canonical) for g in with_grad], norms)
+        for group in with_grad:
+            uses = self.uses.ordered(group)
+            if uses:
+                names, values, (error, tolerance) = use_statistics(group.canonical, group.param, uses)
+                record.extend(names, values)
+                record.check(error, tolerance, partial(mismatch, group.canonical, list(uses)))
+
+    def close(self) -> None:
+        self.uses.stop()

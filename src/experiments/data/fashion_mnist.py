@@ -1,22 +1,23 @@
-"""Fashion-MNIST from its four standard IDX files, optionally downloaded and checksummed."""
+"""Fashion-MNIST from its four standard IDX files, optionally downloaded and checksummed.
+
+    python train.py data=fashion_mnist data.download=true model=mlp model.width=256 optim=adam
+"""
 
 from __future__ import annotations
 
 import gzip
-import hashlib
-import logging
 import struct
-import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from .config import ConfigError
-
-log = logging.getLogger(__name__)
+from ..errors import ConfigError, DataError
+from .dataset import DataConfig, Dataset
+from .download import fetch
 
 BASE_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 FILES = {  # the official files and their MD5 sums (as torchvision and the dataset's authors list them)
@@ -29,8 +30,19 @@ _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(
            0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
-class IDXError(ValueError):
-    pass
+@dataclass
+class Config(DataConfig):
+    _target_: str = "experiments.data.fashion_mnist.load"
+    name: str = "fashion_mnist"
+    task: str = "classification"
+    num_outputs: Optional[int] = 10
+    root: str = "data/fashion_mnist"  # the four IDX .gz files; data.download=true fetches them here
+    download: bool = False
+    batch_size: int = 256
+
+
+class IDXError(DataError):
+    """A file that is not a well-formed IDX file."""
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -54,42 +66,13 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
 
 
-def md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download(root: Path, base_url: str = BASE_URL, files: Dict[str, str] = FILES) -> None:
     """Fetch the missing files into ``root`` with progress lines, verifying each MD5."""
-    root.mkdir(parents=True, exist_ok=True)
-    for name, checksum in files.items():
-        target = root / name
-        if target.exists() and md5(target) == checksum:
-            continue
-        tmp = target.with_suffix(".part")
-        log.info("downloading %s%s", base_url, name)
-        with urllib.request.urlopen(base_url + name, timeout=60) as response, open(tmp, "wb") as out:
-            total, done, shown = int(response.headers.get("Content-Length") or 0), 0, -1
-            for chunk in iter(lambda: response.read(1 << 16), b""):
-                out.write(chunk)
-                done += len(chunk)
-                percent = 100 * done // total if total else -1
-                if percent // 10 > shown // 10:
-                    log.info("  %s: %d%% of %.1f MB", name, percent, total / 1e6)
-                    shown = percent
-        if md5(tmp) != checksum:
-            tmp.unlink()
-            raise ConfigError(f"data.download: {name} from {base_url} does not match its MD5 {checksum}; "
-                              f"the download is corrupted or the mirror changed.")
-        tmp.replace(target)
+    for name, md5 in files.items():
+        fetch(base_url + name, Path(root) / name, md5)
 
 
-def load_fashion_mnist(cfg: DictConfig):
-    from .data import Dataset
-
+def load(cfg: DictConfig, seed: int) -> Dataset:
     root = Path(cfg.root)
     if cfg.download:
         download(root)
@@ -100,7 +83,7 @@ def load_fashion_mnist(cfg: DictConfig):
     try:
         arrays = {name: read_idx(root / name) for name in FILES}
     except IDXError as e:
-        raise ConfigError(f"data.root={cfg.root}: {e}") from None
+        raise DataError(f"data.root={cfg.root}: {e}") from None
     images = lambda a: torch.tensor(a.reshape(len(a), -1), dtype=torch.float32) / 255.0  # noqa: E731
     labels = lambda a: torch.tensor(a.astype(np.int64))  # noqa: E731
     names = list(FILES)

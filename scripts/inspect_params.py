@@ -1,22 +1,16 @@
 """Inspect a configured model's parameters, or a finished run's.
 
-    python scripts/inspect.py model=tied init=xavier                 # tree, parameter table, totals, ties
-    python scripts/inspect.py model=mlp layer=2                        # net[2].state_dict(), as the seed prints it
-    python scripts/inspect.py model=nested param="0.block 1.2.weight"  # one parameter's values (and .grad)
-    python scripts/inspect.py model=tied format=json                   # the same content as JSON
-    python scripts/inspect.py run=outputs/2026-11-22/10-30-00 compare=init   # a run's final weights vs its initial
-    python scripts/inspect.py run=<run folder> weights=step_00000320          # a named checkpoint
+    python scripts/inspect_params.py model=tied init=xavier                 # tree, parameter table, totals, ties
+    python scripts/inspect_params.py model=mlp layer=2                        # net[2].state_dict(), as the seed prints it
+    python scripts/inspect_params.py model=nested param="0.block 1.2.weight"  # one parameter's values (and .grad)
+    python scripts/inspect_params.py model=tied format=json                   # the same content as JSON
+    python scripts/inspect_params.py run=outputs/2026-11-22/10-30-00 compare=init   # a run's final weights vs its initial
+    python scripts/inspect_params.py run=<run folder> weights=step_00000320          # a named checkpoint
 
 Every other argument is a Hydra override, as for train.py.
 """
 
-import os
 import sys
-
-# This file is named like the standard library's `inspect`, which torch imports: keep this
-# folder off the module path so that `import inspect` finds the real one.
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 
 OPTIONS = {"layer", "param", "format", "run", "weights", "compare"}
 
@@ -29,8 +23,7 @@ def main(argv):
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    from experiments.checkpoints import CheckpointError
-    from experiments.config import ConfigError
+    from experiments.errors import ConfigError, ExperimentError
     from experiments.inspection import compose_model, load_run, render_json, render_text, report
 
     try:
@@ -51,7 +44,7 @@ def main(argv):
                 raise ConfigError("compare= and weights= need run=<run folder>.")
             exp = compose_model(overrides)
         data = report(exp, options.get("layer"), options.get("param"), reference)
-    except (ConfigError, CheckpointError) as e:
+    except ExperimentError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(render_json(data) if options.get("format") == "json" else render_text(data))

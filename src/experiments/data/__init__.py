@@ -1,0 +1,35 @@
+"""Data: one module per source, chosen by ``_target_`` in ``conf/data/<name>.yaml``.
+
+A source module has a ``Config`` dataclass (extending :class:`DataConfig`, with ``name`` and
+``_target_`` set) and a loader ``load(cfg, seed) -> Dataset``. ``config.register_configs``
+finds every ``Config`` in this package and stores it as ``schema/data/<name>``, so a new
+dataset is a module here plus a YAML that names its schema. A loader outside the package
+works too: a YAML with its ``_target_`` and the keys of :class:`DataConfig`.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from ..errors import ConfigError
+from ..targets import resolve
+from .dataset import DataConfig, Dataset, split, standardize
+
+__all__ = ["DataConfig", "Dataset", "load_data", "split", "standardize"]
+
+TASKS = ("regression", "classification")
+
+
+def load_data(cfg: DictConfig, seed: int) -> Dataset:
+    """Build the dataset that ``cfg`` (the ``data`` node) names, and check it fits the config."""
+    if cfg.task not in TASKS:
+        raise ConfigError(f"data.task={cfg.task!r}: must be one of {', '.join(TASKS)}.")
+    for key in ("n_train", "n_val", "batch_size"):
+        if key in cfg and cfg[key] < 1:
+            raise ConfigError(f"data.{key}={cfg[key]}: must be at least 1 to form a batch.")
+    loader = resolve(cfg._target_, "data._target_")
+    data = loader(cfg, seed)
+    if cfg.num_outputs is not None and cfg.num_outputs != data.num_outputs:
+        raise ConfigError(f"data.num_outputs={cfg.num_outputs}, but the {cfg.name} data needs "
+                          f"{data.num_outputs} outputs. Leave it unset (null) to take it from the data.")
+    return data

@@ -1,0 +1,57 @@
+"""Every error a user can meet, in one place, each saying what it means.
+
+They are *expected* failures: a run that raises one of them is reported as one paragraph
+(no traceback), the paragraph is written to the run folder's ``failure.txt``, and the process
+exits non-zero (``exit_code``). Anything else is a bug and keeps its traceback.
+
+This module imports nothing from the package: every other module may raise these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ExperimentError(Exception):
+    """Base class: a failure that is the user's to fix, with a message that says how."""
+
+    exit_code = 1
+
+
+class ConfigError(ExperimentError, ValueError):
+    """A config value that cannot work. The message names the config key and its value."""
+
+
+class DataError(ExperimentError, ValueError):
+    """Data that cannot be used: a file's content, a checksum, a download. The message names
+    the file (and row and column where there is one)."""
+
+
+class CheckpointError(ExperimentError):
+    """A weights or checkpoint file that cannot be read, or does not fit the model."""
+
+
+class BrokenTieError(ExperimentError):
+    """Parameters that should be one shared tensor are not (any more): after loading with
+    ``assign=True``, a device move, or a model that does not declare the tie."""
+
+
+class RunFailed(ExperimentError):
+    """A run that stopped on purpose while training; the message says why and what to do."""
+
+
+class Diverged(RunFailed):
+    """The loss, a gradient or the weights stopped being finite numbers."""
+
+
+class TieGradientMismatch(RunFailed):
+    """The per-use gradients of a tied parameter do not add up to its ``.grad``."""
+
+
+class Interrupted(RunFailed):
+    """SIGTERM or Ctrl-C: a checkpoint was written and the run can be resumed."""
+
+    def __init__(self, message: str, signum: int, run_dir: Path):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+        self.run_dir = Path(run_dir)

@@ -1,0 +1,190 @@
+"""Run folders on disk: their layout, their names, and reading a run or a sweep back.
+
+A run folder holds Hydra's ``.hydra/`` (config, overrides), the TensorBoard event files,
+``weights_init.pt`` and ``weights_final.pt``, ``checkpoints/`` and, if it failed,
+``failure.txt``. A sweep folder holds one run folder per job, named by the job's overrides.
+The report, its figures and inspection read runs through this module; nothing here imports
+torch (curves are read with TensorBoard's own reader).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import CheckpointError, ConfigError
+from .telemetry import tags
+
+FAILURE_FILE = "failure.txt"
+WEIGHTS_INIT, WEIGHTS_FINAL = "weights_init.pt", "weights_final.pt"
+CHECKPOINT_DIR, LAST = "checkpoints", "last.pt"
+EVENTS = "events.out.tfevents."
+MAX_NAME = 200  # bytes of a job folder's name; file systems allow 255
+
+Curve = List[Tuple[int, float, float]]  # (step, wall time, value)
+
+
+def job_dirname(override_dirname: str) -> str:
+    """One folder name for a job's ``hydra.job.override_dirname`` (the ``${job_dirname:...}`` resolver).
+
+    A ``/`` in a value (a path) becomes ``%2F`` instead of nesting folders, no overrides gives
+    ``defaults``, and a name too long for the file system is shortened with a hash of the whole.
+    """
+    name = str(override_dirname).replace("%", "%25").replace("/", "%2F")
+    if not name:
+        return "defaults"
+    if len(name.encode()) > MAX_NAME:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+        name = name.encode()[: MAX_NAME - 12].decode(errors="ignore") + "-" + digest
+    return name
+
+
+def register_resolvers() -> None:
+    """``${job_dirname:${hydra.job.override_dirname}}`` in ``hydra.sweep.subdir``."""
+    OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR
+
+
+def saved_config(run_dir: Path) -> DictConfig:
+    """The config a run was started with (``.hydra/config.yaml``)."""
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"run={run_dir}: not a run folder (no .hydra/config.yaml).")
+    return OmegaConf.load(path)
+
+
+def weights_path(run_dir: Path, weights: str = "final") -> Path:
+    """``final``/``init``: the run's weights files; any other name: ``checkpoints/<name>.pt``; or a path."""
+    run_dir = Path(run_dir)
+    candidates = {"final": run_dir / WEIGHTS_FINAL, "init": run_dir / WEIGHTS_INIT}
+    path = candidates.get(weights) or checkpoint_dir(run_dir) / f"{weights.removesuffix('.pt')}.pt"
+    if not path.is_file() and Path(weights).is_file():
+        path = Path(weights)
+    if not path.is_file():
+        have = sorted(p.name for p in [*candidates.values(), *checkpoint_dir(run_dir).glob("*.pt")] if p.is_file())
+        hint = (f"It has: {', '.join(have)}; choose one with weights=<init|final|checkpoint name>." if have
+                else "It has no weights at all (the run failed before writing any; see its failure.txt).")
+        shown = path.relative_to(run_dir) if path.is_relative_to(run_dir) else path
+        raise CheckpointError(f"{run_dir}: no {shown}. {hint}")
+    return path
+
+
+@dataclass
+class Job:
+    """One run folder and what its event files say."""
+
+    path: Path
+    name: str  # relative to the folder being read
+    overrides: List[str] = field(default_factory=list)
+    choices: Dict[str, str] = field(default_factory=dict)
+    status: str = "incomplete"  # ok | failed | incomplete (neither finished nor failed: killed, or running)
+    reason: str = ""
+    curves: Dict[str, Curve] = field(default_factory=dict)
+    started: float = math.nan  # wall time of the first event (the writer's creation)
+
+    def last(self, tag: str) -> float:
+        curve = self.curves.get(tag)
+        return curve[-1][2] if curve else math.nan
+
+    @property
+    def steps(self) -> int:
+        return max((c[-1][0] for c in self.curves.values() if c), default=0)
+
+    @property
+    def wall_time(self) -> float:
+        times = [t for c in self.curves.values() for _, t, _ in c]
+        return max(times) - min(times + [self.started]) if times else math.nan
+
+    def tied(self) -> List[str]:
+        """Tied parameters with logged telemetry, sorted."""
+        return sorted({t.name for t in map(tags.parse, self.curves) if t and t.kind == "tied"})
+
+    def uses(self, name: str) -> List[str]:
+        return sorted({t.use for t in map(tags.parse, self.curves) if t and t.kind == "tied" and t.name == name and t.use})
+
+
+def is_run(folder: Path) -> bool:
+    names = os.listdir(folder)
+    return any(n.startswith(EVENTS) for n in names) or FAILURE_FILE in names or os.path.isdir(folder / ".hydra")
+
+
+def find_runs(root: Path) -> List[Path]:
+    """``root`` itself if it is a run, else every run folder below it (hidden folders skipped)."""
+    runs = []
+    for here, dirs, _ in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if is_run(Path(here)):
+            runs.append(Path(here))
+            dirs[:] = []  # a run's sub-folders (checkpoints, ...) are part of it
+    return runs
+
+
+def read_curves(folder: Path) -> Tuple[Dict[str, Curve], float]:
+    """Every scalar curve of a run, read with TensorBoard's EventAccumulator, and when it started."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sizes = {"scalars": 0, "histograms": 1, "tensors": 1, "images": 1, "audio": 1, "compressedHistograms": 1}
+    acc = EventAccumulator(str(folder), size_guidance=sizes)
+    acc.Reload()
+    curves = {tag: [(e.step, e.wall_time, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    try:
+        started = acc.FirstEventTimestamp()
+    except ValueError:  # no events at all
+        started = math.nan
+    return curves, started
+
+
+def status_of(folder: Path) -> Tuple[str, str]:
+    failure, final = folder / FAILURE_FILE, folder / WEIGHTS_FINAL
+    if failure.exists() and (not final.exists() or failure.stat().st_mtime >= final.stat().st_mtime):
+        return "failed", " ".join(failure.read_text().split())
+    return ("ok", "") if final.exists() else ("incomplete", "")
+
+
+def load_job(folder: Path, root: Path) -> Job:
+    name = str(folder.relative_to(root)) if folder != root else folder.name
+    job = Job(path=folder, name=name)
+    hydra_dir = folder / ".hydra"
+    if (hydra_dir / "overrides.yaml").exists():
+        job.overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
+    if (hydra_dir / "hydra.yaml").exists():
+        choices = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
+        job.choices = {str(k): str(v) for k, v in choices.items() if not str(k).startswith("hydra")}
+    job.status, job.reason = status_of(folder)
+    if any(n.startswith(EVENTS) for n in os.listdir(folder)):
+        job.curves, job.started = read_curves(folder)
+    return job
+
+
+def load_jobs(root: Path) -> List[Job]:
+    """The runs under ``root``, best validation loss first (failed and unfinished ones last)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder: give a sweep folder or a run folder")
+    jobs = [load_job(folder, root) for folder in find_runs(root)]
+    if not jobs:
+        raise FileNotFoundError(f"no runs under {root}: a run folder has event files or a .hydra folder")
+    return sorted(jobs, key=_rank)
+
+
+def _rank(job: Job):
+    val = job.last(tags.LOSS_VAL)
+    return (job.status != "ok", math.isnan(val), val if not math.isnan(val) else 0.0, job.name)
+
+
+def varying_overrides(jobs: List[Job]) -> Tuple[List[List[str]], List[str]]:
+    """Each job's overrides without those every job shares, and the shared ones."""
+    if len(jobs) < 2:
+        return [j.overrides for j in jobs], []
+    common = set(jobs[0].overrides).intersection(*(j.overrides for j in jobs[1:]))
+    shared = [o for o in jobs[0].overrides if o in common]
+    return [[o for o in j.overrides if o not in common] for j in jobs], shared

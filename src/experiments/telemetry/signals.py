@@ -1,0 +1,168 @@
+"""Signals: each thing the monitor can log is one small class, switched on and paced by its
+config field ``telemetry.<name>`` (``enabled``, ``every``).
+
+A subclass with a ``name`` registers itself in :data:`SIGNALS`; the telemetry schema has one
+field per registered signal (``config.telemetry_schema``), so a new signal is one class::
+
+    class FirstWeightMean(Signal):
+        name = "first_weight_mean"     # telemetry.first_weight_mean.enabled / .every
+        every = 25                     # default cadence, in optimizer steps
+
+        def after_step(self, step, record):
+            record.add("first_weight_mean", self.watched.params[0].detach().mean())
+
+The monitor calls, on the steps a signal is due (step 1, every ``every`` steps):
+``before_forward(step)``, ``after_backward(step, record)`` (gradients present, weights not yet
+updated) and ``after_step(step, record)`` (after ``optimizer.step()``). ``record`` collects
+the step's scalars (see ``events.ScalarWriter``); they reach the host in one transfer. A signal
+that must see every step (the loss) overrides ``every_step``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Dict, List, Optional, Type
+
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from ..tying import TieGroup
+from . import tags
+from .events import ScalarWriter
+
+
+@dataclass
+class SignalConfig:
+    """``telemetry.<signal>``: on or off, and how often (in optimizer steps)."""
+
+    enabled: bool = True
+    every: int = 10
+
+
+@dataclass
+class Watched:
+    """What every signal sees: the model, its unique parameters, its ties, the run's writer."""
+
+    model: nn.Module
+    names: List[str]  # as named_parameters() names them
+    params: List[nn.Parameter]
+    groups: List[TieGroup]  # the tied parameters
+    classification: bool
+    writer: SummaryWriter
+
+
+SIGNALS: Dict[str, Type["Signal"]] = {}
+
+
+class Signal:
+    name: ClassVar[str] = ""  # its config field: telemetry.<name>; a subclass with a name registers itself
+    every: ClassVar[int] = 50  # default cadence
+    enabled: ClassVar[bool] = True  # on by default
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            SIGNALS[cls.name] = cls
+
+    def __init__(self, watched: Watched):
+        self.watched = watched
+
+    @classmethod
+    def applies(cls, watched: Watched) -> bool:
+        """Whether this signal has anything to watch in this model (the tied signal needs ties)."""
+        return True
+
+    def every_step(self, loss: float, output: Optional[torch.Tensor], target: Optional[torch.Tensor]) -> None:
+        """Called after every step, due or not; only signals that override it."""
+
+    def before_forward(self, step: int) -> None:
+        pass
+
+    def after_backward(self, step: int, record: ScalarWriter) -> None:
+        pass
+
+    def after_step(self, step: int, record: ScalarWriter) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def fused_norms(tensors: List[torch.Tensor]) -> List[torch.Tensor]:
+    """L2 norms of many tensors in one call (0-d tensors, still on the device)."""
+    return list(torch._foreach_norm(tensors)) if tensors else []
+
+
+class Loss(Signal):
+    """``loss/train`` (and ``acc/train``): the mean over the steps since the last point."""
+
+    name, every = "loss", 10
+
+    def __init__(self, watched: Watched):
+        super().__init__(watched)
+        self._sum, self._acc, self._steps = 0.0, None, 0
+
+    def every_step(self, loss, output, target) -> None:
+        self._sum += loss  # a float: the loop already has it on the host
+        if self.watched.classification and output is not None:
+            acc = (output.detach().argmax(-1) == target).float().mean()
+            self._acc = acc if self._acc is None else self._acc + acc
+        self._steps += 1
+
+    def after_step(self, step, record) -> None:
+        record.add(tags.LOSS_TRAIN, torch.tensor(self._sum / self._steps))
+        if self._acc is not None:
+            record.add(tags.ACC_TRAIN, self._acc / self._steps)
+        self._sum, self._acc, self._steps = 0.0, None, 0
+
+
+class ParamNorm(Signal):
+    """``param_norm/<param>``: the L2 norm of every unique parameter."""
+
+    name = "param_norm"
+
+    def after_step(self, step, record) -> None:
+        norms = torch.stack(fused_norms(self.watched.params))
+        record.extend([tags.param_norm(n) for n in self.watched.names], norms)
+
+
+class GradNorm(Signal):
+    """``grad_norm/<param>``: the L2 norm of every gradient (the sum over the uses, if tied)."""
+
+    name = "grad_norm"
+
+    def after_backward(self, step, record) -> None:
+        pairs = [(n, p.grad) for n, p in zip(self.watched.names, self.watched.params) if p.grad is not None]
+        if pairs:
+            record.extend([tags.grad_norm(n) for n, _ in pairs], torch.stack(fused_norms([g for _, g in pairs])))
+
+
+class UpdateRatio(Signal):
+    """``update_ratio/<param>``: ||w_after - w_before|| / ||w_before|| of one optimizer step."""
+
+    name, every = "update_ratio", 100
+
+    def after_backward(self, step, record) -> None:
+        self._before = torch._foreach_mul([p.detach() for p in self.watched.params], 1.0)  # copies, one call
+
+    def after_step(self, step, record) -> None:
+        deltas = torch._foreach_sub([p.detach() for p in self.watched.params], self._before)
+        ratios = torch.stack(fused_norms(deltas)) / torch.stack(fused_norms(self._before)).clamp_min(1e-30)
+        record.extend([tags.update_ratio(n) for n in self.watched.names], ratios)
+        self._before = None
+
+
+class Histograms(Signal):
+    """``param/<param>`` and ``grad/<param>``: the slowest to write, so on a slow cadence."""
+
+    name, every = "histograms", 1000
+
+    def after_backward(self, step, record) -> None:
+        for name, p in zip(self.watched.names, self.watched.params):
+            if p.grad is not None:
+                self.watched.writer.add_histogram(tags.grad_histogram(name), p.grad.detach(), step)
+
+    def after_step(self, step, record) -> None:
+        for name, p in zip(self.watched.names, self.watched.params):
+            self.watched.writer.add_histogram(tags.param_histogram(name), p.detach(), step)

@@ -1,0 +1,95 @@
+"""Every TensorBoard tag the project writes, built and parsed in one place.
+
+The tags are a contract: dashboards, the report and users' own scripts read them. Signals
+build their tags with these functions; the report reads tags back with :func:`parse`.
+
+- ``loss/train``, ``loss/val``, ``acc/train``, ``acc/val``
+- ``param_norm/<param>``, ``grad_norm/<param>``, ``update_ratio/<param>``
+- ``param/<param>``, ``grad/<param>`` (histograms)
+- ``tied/<param>/grad_norm`` (the gradient autograd sums over the uses),
+  ``tied/<param>/use/<use>/grad_norm`` and ``.../cos`` (each use), ``tied/<param>/cancellation``
+- ``act/<layer>/mean``, ``act/<layer>/std``, ``act/<layer>/dead_frac``
+
+``<param>`` is a name as ``named_parameters()`` gives it (``2.weight``), ``<use>`` the
+``state_dict`` name of one use of a tied parameter (``4.weight``), ``<layer>`` a module name.
+Module names never contain ``.`` inside a part and, in practice, never ``/``: that is what
+makes a tag parse back unambiguously.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+LOSS_TRAIN, LOSS_VAL = "loss/train", "loss/val"
+ACC_TRAIN, ACC_VAL = "acc/train", "acc/val"
+PER_PARAMETER = ("param_norm", "grad_norm", "update_ratio", "param", "grad")  # <signal>/<param>
+
+
+def param_norm(param: str) -> str:
+    return f"param_norm/{param}"
+
+
+def grad_norm(param: str) -> str:
+    return f"grad_norm/{param}"
+
+
+def update_ratio(param: str) -> str:
+    return f"update_ratio/{param}"
+
+
+def param_histogram(param: str) -> str:
+    return f"param/{param}"
+
+
+def grad_histogram(param: str) -> str:
+    return f"grad/{param}"
+
+
+def tied_grad_norm(param: str) -> str:
+    return f"tied/{param}/grad_norm"
+
+
+def use_stat(param: str, use: str, stat: str) -> str:
+    """``stat``: ``grad_norm`` or ``cos``."""
+    return f"tied/{param}/use/{use}/{stat}"
+
+
+def cancellation(param: str) -> str:
+    return f"tied/{param}/cancellation"
+
+
+def activation(layer: str, stat: str) -> str:
+    """``stat``: ``mean``, ``std`` or ``dead_frac``."""
+    return f"act/{layer}/{stat}"
+
+
+@dataclass(frozen=True)
+class Tag:
+    """A tag read back: ``tied/2.weight/use/4.weight/cos`` is
+    ``Tag(kind="tied", name="2.weight", use="4.weight", stat="cos")``."""
+
+    kind: str  # loss, acc, param_norm, grad_norm, update_ratio, param, grad, tied, act
+    name: str  # the parameter or layer ("train"/"val" for loss and acc)
+    stat: str = ""  # tied: grad_norm, cos or cancellation; act: mean, std or dead_frac
+    use: Optional[str] = None  # tied: the use, for per-use tags
+
+
+def parse(tag: str) -> Optional[Tag]:
+    """The parts of one of our tags; None for a tag we do not write."""
+    kind, _, rest = tag.partition("/")
+    if not rest:
+        return None
+    if kind in ("loss", "acc") or kind in PER_PARAMETER:
+        return Tag(kind, rest)
+    if kind == "act":
+        layer, _, stat = rest.rpartition("/")
+        return Tag(kind, layer, stat) if layer else None
+    if kind == "tied":
+        name, _, tail = rest.partition("/")
+        if tail in ("grad_norm", "cancellation"):
+            return Tag(kind, name, tail)
+        use_part, _, stat = tail.rpartition("/")
+        if use_part.startswith("use/") and stat in ("grad_norm", "cos"):
+            return Tag(kind, name, stat, use_part[len("use/"):])
+    return None
