@@ -1,6 +1,5 @@
 """End to end: the real Hydra CLI in a subprocess, its event files read with TensorBoard's reader."""
 
-import copy
 
 import pytest
 import torch

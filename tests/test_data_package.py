@@ -58,11 +58,11 @@ def test_a_new_dataset_is_a_target_in_a_yaml(tmp_path):
     (tmp_path / "conf" / "data").mkdir(parents=True)
     (tmp_path / "conf" / "data" / "parabola.yaml").write_text(
         "# python train.py hydra.searchpath=[file://conf] data=parabola\n"
-        "_target_: test_data_package.parabola\nname: parabola\ntask: regression\nnum_outputs: 1\n"
-        "batch_size: 8\nn: 64\n")
+        "_target_: test_data_package.parabola\nbatch_size: 8\nn: 64\n")  # task, num_outputs: the defaults
     cfg = compose_config([f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "data=parabola", "trainer.epochs=2"])
     assert cfg.data.n == 64
     data = load_data(cfg.data, 0)
+    assert (cfg.data.task, cfg.data.num_outputs, cfg.data.name) == ("regression", 1, "test_data_package.parabola")
     assert torch.equal(data.train_y, data.train_x ** 2) and data.steps_per_epoch() == 4
     train(cfg, tmp_path / "run")
     assert [e.step for e in read_events(tmp_path / "run").Scalars("loss/val")] == [4, 8]

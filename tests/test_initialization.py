@@ -101,7 +101,6 @@ def test_needs_materialized_layers(make_cfg):
 
 def test_default_keeps_pytorch_init(make_cfg):
     torch.manual_seed(0)
-    ref = nn.Linear(4, 8)
     model, rules = init_model(make_cfg, "init=default")
     assert set(rules.values()) == {"pytorch default"}
     assert model[0].weight.abs().max() <= 1 / math.sqrt(4)

@@ -9,7 +9,9 @@ works too: a YAML with its ``_target_`` and the keys of :class:`DataConfig`.
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import dataclasses
+
+from omegaconf import MISSING, DictConfig, open_dict
 
 from ..errors import ConfigError
 from ..targets import resolve
@@ -20,8 +22,22 @@ __all__ = ["DataConfig", "Dataset", "load_data", "split", "standardize"]
 TASKS = ("regression", "classification")
 
 
+def complete(cfg: DictConfig) -> None:
+    """Give a data config of the user's own (a YAML with a ``_target_`` and no schema of ours) the
+    keys every data config has, with :class:`DataConfig`'s defaults."""
+    if "_target_" not in cfg:
+        raise ConfigError("data: no _target_; a data config names its loader, e.g. "
+                          "_target_: experiments.data.synthetic.load.")
+    with open_dict(cfg):
+        for f in dataclasses.fields(DataConfig):
+            if f.name not in cfg:
+                cfg[f.name] = cfg._target_ if f.name == "name" else f.default
+    assert MISSING not in (cfg.task, cfg.batch_size)
+
+
 def load_data(cfg: DictConfig, seed: int) -> Dataset:
     """Build the dataset that ``cfg`` (the ``data`` node) names, and check it fits the config."""
+    complete(cfg)
     if cfg.task not in TASKS:
         raise ConfigError(f"data.task={cfg.task!r}: must be one of {', '.join(TASKS)}.")
     for key in ("n_train", "n_val", "batch_size"):
