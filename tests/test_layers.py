@@ -1,95 +1,72 @@
-"""The package's layers: every import goes down (or within a layer), and nothing imports in a circle.
+"""Our own layers: the unrolled cell is torch's RNN/GRU step by step, with one named use per time step."""
 
-Imports are read from the source (function-local ones too, which hide cycles from a plain
-``import``). A new module must be placed in a layer here; the README's "Layout" draws the same
-picture.
-"""
+import copy
 
-from __future__ import annotations
+import pytest
+import torch
+from torch import nn
 
-import ast
-import fnmatch
-from pathlib import Path
-from typing import Dict, Set
+from experiments.layers import Residual, Unrolled
+from experiments.tying import tie_groups
+from experiments.uses import UseViews
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-LAYERS = [  # bottom first; names relative to the package, globs allowed
-    ["experiments", "errors", "targets", "telemetry", "telemetry.tags"],  # vocabulary: no logic to depend on
-    ["tying", "models", "initialization", "summary", "data", "data.*", "runs", "checkpoints", "guards"],  # parts
-    ["telemetry.*"],  # watching a model train
-    ["experiment", "config"],  # an experiment set up from its config
-    ["training"],  # the loop
-    ["failures", "sweeps", "report", "report_figures", "inspection", "benchmark"],  # what runs or reads runs
-]
+STEPS, IN, HIDDEN = 5, 3, 4
 
 
-def modules() -> Dict[str, Path]:
-    found = {}
-    for path in (SRC / "experiments").rglob("*.py"):
-        name = ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
-        found[name] = path
-    return found
+@pytest.mark.parametrize("cell, fused", [("rnn", nn.RNN), ("gru", nn.GRU)])
+def test_unrolled_equals_torch_fused_rnn(cell, fused):
+    torch.manual_seed(0)
+    layer = Unrolled(IN, HIDDEN, STEPS, cell=cell)
+    reference = fused(IN, HIDDEN, batch_first=True)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(reference, f"{name}_l0").copy_(getattr(layer.cell, name))
+    x = torch.randn(6, STEPS, IN)
+    _, h_last = reference(x)
+    torch.testing.assert_close(layer(x), h_last[0])
 
 
-def imports(name: str, path: Path, known: Set[str]) -> Set[str]:
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
-            found |= {m for m in [base] + [f"{base}.{a.name}" for a in node.names] if m in known}
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name in known}
-    return found - {name}
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_each_time_step_is_a_named_use_whose_gradient_is_its_own(cell):
+    """The gradient of use t equals that of a separate copy of the cell used only at step t; the
+    uses add up to .grad."""
+    torch.manual_seed(0)
+    layer = Unrolled(IN, HIDDEN, STEPS, cell=cell)
+    model = nn.Sequential(layer, nn.Linear(HIDDEN, 1))
+    assert [n for n, _ in model.named_parameters()][:2] == ["0.t0.weight_ih", "0.t0.weight_hh"]
+    (group,) = [g for g in tie_groups(model) if g.canonical == "0.t0.weight_hh"]
+    assert group.aliases == [f"0.t{t}.weight_hh" for t in range(STEPS)]
+    x = torch.randn(7, STEPS, IN)
+    views = UseViews(model, tie_groups(model))
+    views.start_capture()
+    model(x).pow(2).sum().backward()
+    views.stop_capture()
+    captured = views.ordered(group)
+
+    copies = [copy.deepcopy(layer.cell) for _ in range(STEPS)]  # untied: one cell per step
+    head = copy.deepcopy(model[1])
+    h = x.new_zeros(7, HIDDEN)
+    for t in range(STEPS):
+        h = copies[t](x[:, t], h)
+    head(h).pow(2).sum().backward()
+    for t in range(STEPS):
+        torch.testing.assert_close(captured[f"0.t{t}.weight_hh"], copies[t].weight_hh.grad)
+    torch.testing.assert_close(layer.cell.weight_hh.grad, sum(c.weight_hh.grad for c in copies))
+    assert isinstance(layer.cell._parameters["weight_hh"], nn.Parameter)  # views gone after the step
 
 
-def layer_of(name: str) -> int:
-    short = name.removeprefix("experiments.") if name != "experiments" else name
-    for i, layer in enumerate(LAYERS):
-        if short in layer:
-            return i
-    for i, layer in enumerate(LAYERS):  # globs after exact names: "telemetry.tags" sits below "telemetry.*"
-        if any(fnmatch.fnmatchcase(short, pattern) for pattern in layer):
-            return i
-    raise AssertionError(f"module {name} is in no layer: add it to LAYERS in {__file__} and to the README's Layout")
+def test_unrolled_state_dict_and_repr():
+    layer = Unrolled(IN, HIDDEN, STEPS)
+    state = layer.state_dict()
+    assert len(state) == 4 * STEPS and state["t3.weight_hh"].data_ptr() == state["t0.weight_hh"].data_ptr()
+    assert sum(p.numel() for p in layer.parameters()) == sum(p.numel() for p in layer.cell.parameters())
+    assert "one cell, 5 time steps" in repr(layer)
+    with pytest.raises(ValueError, match=r"\(batch, 5, features\)"):
+        layer(torch.randn(2, 4, IN))
 
 
-def graph() -> Dict[str, Set[str]]:
-    known = modules()
-    return {name: imports(name, path, set(known)) for name, path in known.items()}
-
-
-def test_every_import_goes_down_or_stays_in_its_layer():
-    upward = [f"{a} (layer {layer_of(a)}) imports {b} (layer {layer_of(b)})"
-              for a, targets in graph().items() for b in targets if layer_of(b) > layer_of(a)]
-    assert not upward, "\n".join(upward)
-
-
-def test_no_import_cycles():
-    edges = graph()
-    state: Dict[str, int] = {}  # 1: on the current path, 2: done
-
-    def visit(node: str, path: list) -> None:
-        state[node] = 1
-        for nxt in sorted(edges[node]):
-            assert state.get(nxt) != 1, "import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]) \
-                if nxt in path else f"import cycle through {nxt}"
-            if nxt not in state:
-                visit(nxt, path + [nxt])
-        state[node] = 2
-
-    for start in sorted(edges):
-        if start not in state:
-            visit(start, [start])
-
-
-def test_the_checker_sees_what_it_must():
-    """The graph is not empty-by-accident: known edges, function-local imports included."""
-    edges = graph()
-    assert "experiments.telemetry.tags" in edges["experiments.runs"]
-    assert "experiments.report_figures" in edges["experiments.report"]  # imported inside a function
-    assert "experiments.data.dataset" in edges["experiments.data.synthetic"]
+def test_residual_block():
+    torch.manual_seed(0)
+    block = Residual(4, "torch.nn.Tanh")
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(block(x), x + block.outer(torch.tanh(block.inner(x))))

@@ -40,12 +40,16 @@ class ModelConfig:
     blocks: int = 4  # blocks of the nested network
     bottleneck: int = 4  # inner width of a nested block
     uses: int = 2  # how many times the tied network calls its shared layer
+    hidden: int = 64  # hidden width of the window language model (tied_lm)
+    cell: str = "rnn"  # the unrolled recurrent cell: rnn (Elman) | gru
     activation: str = "torch.nn.ReLU"
     out_features: int = 1  # width of the last layer (the model YAMLs take it from data.num_outputs)
     lazy: bool = True  # LazyLinear & co. where an input size is not given
     shared: Dict[str, Any] = field(default_factory=dict)  # name -> layer spec, one object
     layers: List[Any] = MISSING
     tie: List[List[str]] = field(default_factory=list)  # groups of parameter names to tie
+    tie_embeddings: bool = True  # false: model.tie's parameters start as copies, not tied (the untied twin)
+    grad_scale: Dict[str, float] = field(default_factory=dict)  # use -> gradient factor: +model.grad_scale={0.weight:10}
 
 
 @dataclass
@@ -66,6 +70,7 @@ class InitConfig:
     name: str = MISSING
     std: float = 0.01  # used by the normal scheme
     value: float = 1.0  # used by the constant scheme
+    gain: float = 1.0  # used by the recurrent scheme (orthogonal recurrent weights)
     rules: List[InitRule] = field(default_factory=list)
 
 
@@ -96,6 +101,7 @@ class TrainerConfig:
     checkpoint_every: int = 1  # epochs between numbered checkpoints (0: only checkpoints/last.pt)
     resume: Optional[str] = None  # a run folder, a checkpoint file, or "auto" (this run folder's last.pt)
     freeze: List[str] = field(default_factory=list)  # globs of parameter names that are not trained
+    clip_grad_norm: Optional[float] = None  # clip the total gradient norm to this (grad_norm/total logs it before)
 
 
 def telemetry_schema() -> type:

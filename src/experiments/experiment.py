@@ -14,7 +14,7 @@ from .data import Dataset, load_data
 from .errors import ConfigError
 from .initialization import initialize
 from .models import build_model, materialize
-from .tying import TieManifest, apply_param_ties, matching, parameter_aliases, tie_manifest, verify_ties
+from .tying import TieManifest, apply_param_ties, matching, parameter_aliases, tie_manifest, untie, verify_ties
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ class Experiment:
 def build_experiment(cfg: DictConfig) -> Experiment:
     """Seed, load the data, build the model, materialize lazy layers on a sample batch,
     apply parameter ties, initialize, then move to the device and check the ties held.
-    Same seed, same model and data."""
+    Same seed, same model and data. With ``model.tie_embeddings=false`` the ties of ``model.tie``
+    are undone after initialization: the untied twin starts with the tied model's values."""
     device = resolve_device(cfg.trainer.device)
     torch.manual_seed(cfg.trainer.seed)
     data = load_data(cfg.data, cfg.trainer.seed)
@@ -65,6 +66,9 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     materialize(model, data.sample_batch())
     apply_param_ties(model, cfg.model.tie)
     init_rules = initialize(model, cfg.init)  # on the CPU: the same initial values on every device
+    if not cfg.model.tie_embeddings:
+        for name, source in untie(model, cfg.model.tie).items():
+            init_rules[name] = f"copy of {source}"
     freeze(model, cfg.trainer.freeze)
     manifest = tie_manifest(model)
     model.to(device)

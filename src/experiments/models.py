@@ -106,7 +106,7 @@ class _Builder:
 
 def build_model(cfg: DictConfig) -> nn.Sequential:
     """Build the (possibly lazy) network that ``cfg`` (the ``model`` node) declares."""
-    for key in ("width", "depth", "blocks", "bottleneck", "uses", "out_features"):
+    for key in ("width", "depth", "blocks", "bottleneck", "uses", "hidden", "out_features"):
         if cfg[key] < 1:
             raise ConfigError(f"model.{key}={cfg[key]}: must be at least 1.")
     plain = OmegaConf.to_container(cfg, resolve=True)

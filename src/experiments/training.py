@@ -9,6 +9,7 @@ epoch, finish (final weights, the value a sweeper minimises).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Dict, Mapping, Optional
@@ -21,24 +22,30 @@ from torch import nn
 
 from .checkpoints import find_checkpoint, restore_checkpoint, run_dir_of, save_checkpoint, save_weights
 from .data import Dataset
-from .errors import Interrupted
+from .errors import ConfigError, Interrupted
 from .experiment import build_experiment
 from .guards import InterruptGuard, check_finite, check_validation
 from .runs import FAILURE_FILE, WEIGHTS_FINAL, WEIGHTS_INIT
 from .summary import summary_markdown
+from .telemetry import tags
 from .telemetry.monitor import Monitor, cadences
 from .telemetry.summaries import flat_hparams, ties_markdown
+from .tying import tie_groups
+from .uses import UseViews
 
 log = logging.getLogger(__name__)
 
 
+CLASSES = ("classification", "next_token")  # tasks that predict a class (a token is a class): cross-entropy
+
+
 def loss_function(task: str):
-    return F.cross_entropy if task == "classification" else F.mse_loss
+    return F.cross_entropy if task in CLASSES else F.mse_loss
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, chunk: int = 4096) -> Dict[str, float]:
-    """Mean loss (and accuracy, for classification) over the validation set."""
+    """Mean loss over the validation set; accuracy for classes; perplexity for next tokens."""
     loss_fn = loss_function(data.task)
     total = torch.zeros((), device=data.val_x.device)
     correct = torch.zeros((), device=data.val_x.device)
@@ -47,11 +54,14 @@ def evaluate(model: nn.Module, data: Dataset, chunk: int = 4096) -> Dict[str, fl
         x, y = data.val_x[start:start + chunk], data.val_y[start:start + chunk]
         out = model(x)
         total += loss_fn(out, y, reduction="sum")
-        if data.task == "classification":
+        if data.task in CLASSES:
             correct += (out.argmax(-1) == y).sum()
-    if data.task == "classification":
-        return {"loss/val": float(total) / n, "acc/val": float(correct) / n}
-    return {"loss/val": float(total) / (n * data.val_y[0].numel())}  # MSE sums every output
+    if data.task not in CLASSES:
+        return {tags.LOSS_VAL: float(total) / (n * data.val_y[0].numel())}  # MSE sums every output
+    metrics = {tags.LOSS_VAL: float(total) / n, tags.ACC_VAL: float(correct) / n}
+    if data.task == "next_token":
+        metrics[tags.PPL_VAL] = math.exp(min(metrics[tags.LOSS_VAL], 700.0))
+    return metrics
 
 
 class Run:
@@ -67,6 +77,11 @@ class Run:
         self.names, self.params = [n for n, _ in named], [p for _, p in named]
         self.optimizer = instantiate(cfg.optim)(self.model.parameters())
         self.loss_fn = loss_function(self.data.task)
+        self.clip = cfg.trainer.clip_grad_norm
+        if self.clip is not None and not self.clip > 0:
+            raise ConfigError(f"trainer.clip_grad_norm={self.clip}: must be a positive norm (or null: no clipping).")
+        groups = tie_groups(self.model)  # the per-use views: model.grad_scale on every step, telemetry on some
+        self.uses = UseViews(self.model, groups, cfg.model.grad_scale) if groups or cfg.model.grad_scale else None
         self.shuffle = torch.Generator().manual_seed(cfg.trainer.seed + 1)
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         self.step, self.epoch, self.skip, self.val_loss = 0, 1, 0, float("nan")
@@ -82,7 +97,7 @@ class Run:
         else:
             save_weights(self.model, self.run_dir / WEIGHTS_INIT)
         self.monitor = Monitor(self.run_dir, self.model, cfg.telemetry, purge_step=self.step + 1 if checkpoint else None,
-                               classification=self.data.task == "classification")
+                               classification=self.data.task in CLASSES, uses=self.uses)
         if not checkpoint:
             self.monitor.text("config", "    " + self.config_yaml.replace("\n", "\n    "))
             self.monitor.text("ties", ties_markdown(self.exp.manifest))
@@ -125,6 +140,8 @@ class Run:
         loss.backward()
         loss_value = check_finite(self.step, loss, self.names, self.params)
         self.monitor.after_backward(self.step)
+        if self.clip is not None:
+            nn.utils.clip_grad_norm_(self.params, self.clip)
         self.optimizer.step()
         self.monitor.after_step(self.step, loss_value, out, y)
         return loss_value
@@ -159,4 +176,6 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
                 run.train_epoch(interrupt)
         finally:
             run.monitor.close()
+            if run.uses:
+                run.uses.close()
     return run.finish()

@@ -86,6 +86,21 @@ def apply_param_ties(model: nn.Module, groups: List[List[str]]) -> None:
             setattr(module, leaf, target)
 
 
+def untie(model: nn.Module, groups: List[List[str]]) -> Dict[str, str]:
+    """Undo :func:`apply_param_ties`: every name after a group's first gets its own Parameter,
+    a copy of the first's current values (the untied twin of a tied model starts where it does).
+    Returns each copied name -> the name it copies."""
+    copied = {}
+    for g, names in enumerate(groups):
+        first_module, first_leaf = _owner(model, names[0], f"model.tie[{g}]")
+        source = getattr(first_module, first_leaf)
+        for name in names[1:]:
+            module, leaf = _owner(model, name, f"model.tie[{g}]")
+            setattr(module, leaf, nn.Parameter(source.detach().clone(), requires_grad=source.requires_grad))
+            copied[name] = names[0]
+    return copied
+
+
 def verify_ties(model: nn.Module, manifest: TieManifest) -> None:
     """Raise if a tie in ``manifest`` no longer holds (e.g. after ``load_state_dict(assign=True)``)."""
     found = dict(model.named_parameters(remove_duplicate=False))

@@ -19,7 +19,7 @@ from .dataset import DataConfig, Dataset, split, standardize
 
 __all__ = ["DataConfig", "Dataset", "load_data", "split", "standardize"]
 
-TASKS = ("regression", "classification")
+TASKS = ("regression", "classification", "next_token")
 
 
 def complete(cfg: DictConfig) -> None:

@@ -15,8 +15,8 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
+from ..uses import CallSites, module_sites
 from . import tags
-from .hooks import CallSites, module_sites
 from .signals import Signal, Watched
 
 DEAD_UNIT_TYPES = (nn.ReLU, nn.ReLU6)

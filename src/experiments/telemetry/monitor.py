@@ -19,6 +19,7 @@ from torch.utils.tensorboard.summary import hparams
 
 from ..errors import ConfigError
 from ..tying import tie_groups
+from ..uses import UseViews
 from . import activations, tags, tied  # noqa: F401  (importing them registers their signals)
 from .events import ScalarWriter
 from .signals import SIGNALS, Signal, Watched
@@ -46,15 +47,15 @@ def cadences(cfg: DictConfig) -> Dict[str, int]:
 
 class Monitor:
     def __init__(self, run_dir: Path, model: nn.Module, cfg: DictConfig, purge_step: Optional[int] = None,
-                 classification: bool = False):
+                 classification: bool = False, uses: Optional[UseViews] = None):
         self._every = cadences(cfg)
         self.classification = classification
         # purge_step: a resumed run drops what the interrupted one wrote after its checkpoint
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
         self.record = ScalarWriter(self.writer)
         named = list(model.named_parameters())
-        watched = Watched(model, [n for n, _ in named], [p for _, p in named], tie_groups(model),
-                          classification, self.writer)
+        watched = Watched(model, [n for n, _ in named], [p for _, p in named], uses.groups if uses else tie_groups(model),
+                          classification, self.writer, uses)
         self.signals: Dict[str, Signal] = {
             name: SIGNALS[name](watched) for name, every in self._every.items()
             if every and SIGNALS[name].applies(watched)

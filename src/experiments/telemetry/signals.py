@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from ..tying import TieGroup
+from ..uses import UseViews
 from . import tags
 from .events import ScalarWriter
 
@@ -50,6 +51,7 @@ class Watched:
     groups: List[TieGroup]  # the tied parameters
     classification: bool
     writer: SummaryWriter
+    uses: Optional[UseViews] = None  # the per-use views of the tied parameters, if the run made them
 
 
 SIGNALS: Dict[str, Type["Signal"]] = {}
@@ -128,14 +130,18 @@ class ParamNorm(Signal):
 
 
 class GradNorm(Signal):
-    """``grad_norm/<param>``: the L2 norm of every gradient (the sum over the uses, if tied)."""
+    """``grad_norm/<param>``: the L2 norm of every gradient (the sum over the uses, if tied), and
+    ``grad_norm/total``: the norm of all of them together (what ``trainer.clip_grad_norm`` clips),
+    before any clipping."""
 
     name = "grad_norm"
 
     def after_backward(self, step, record) -> None:
         pairs = [(n, p.grad) for n, p in zip(self.watched.names, self.watched.params) if p.grad is not None]
         if pairs:
-            record.extend([tags.grad_norm(n) for n, _ in pairs], torch.stack(fused_norms([g for _, g in pairs])))
+            norms = torch.stack(fused_norms([g for _, g in pairs]))
+            record.extend([tags.grad_norm(n) for n, _ in pairs] + [tags.GRAD_NORM_TOTAL],
+                          torch.cat([norms, torch.linalg.vector_norm(norms).reshape(1)]))
 
 
 class UpdateRatio(Signal):

@@ -3,11 +3,12 @@
 The tags are a contract: dashboards, the report and users' own scripts read them. Signals
 build their tags with these functions; the report reads tags back with :func:`parse`.
 
-- ``loss/train``, ``loss/val``, ``acc/train``, ``acc/val``
-- ``param_norm/<param>``, ``grad_norm/<param>``, ``update_ratio/<param>``
+- ``loss/train``, ``loss/val``, ``acc/train``, ``acc/val``, ``ppl/val``
+- ``param_norm/<param>``, ``grad_norm/<param>``, ``grad_norm/total``, ``update_ratio/<param>``
 - ``param/<param>``, ``grad/<param>`` (histograms)
 - ``tied/<param>/grad_norm`` (the gradient autograd sums over the uses),
-  ``tied/<param>/use/<use>/grad_norm`` and ``.../cos`` (each use), ``tied/<param>/cancellation``
+  ``tied/<param>/use/<use>/grad_norm``, ``.../cos`` and, for a parameter with an embedding use,
+  ``.../rows_touched`` (each use), ``tied/<param>/cancellation``
 - ``act/<layer>/mean``, ``act/<layer>/std``, ``act/<layer>/dead_frac``
 
 ``<param>`` is a name as ``named_parameters()`` gives it (``2.weight``), ``<use>`` the
@@ -23,6 +24,8 @@ from typing import Optional
 
 LOSS_TRAIN, LOSS_VAL = "loss/train", "loss/val"
 ACC_TRAIN, ACC_VAL = "acc/train", "acc/val"
+PPL_VAL = "ppl/val"  # perplexity, exp(loss/val), for next-token prediction
+GRAD_NORM_TOTAL = "grad_norm/total"  # the norm of all gradients together (before clipping)
 PER_PARAMETER = ("param_norm", "grad_norm", "update_ratio", "param", "grad")  # <signal>/<param>
 
 
@@ -50,8 +53,11 @@ def tied_grad_norm(param: str) -> str:
     return f"tied/{param}/grad_norm"
 
 
+USE_STATS = ("grad_norm", "cos", "rows_touched")
+
+
 def use_stat(param: str, use: str, stat: str) -> str:
-    """``stat``: ``grad_norm`` or ``cos``."""
+    """``stat``: one of :data:`USE_STATS`."""
     return f"tied/{param}/use/{use}/{stat}"
 
 
@@ -80,7 +86,7 @@ def parse(tag: str) -> Optional[Tag]:
     kind, _, rest = tag.partition("/")
     if not rest:
         return None
-    if kind in ("loss", "acc") or kind in PER_PARAMETER:
+    if kind in ("loss", "acc", "ppl") or kind in PER_PARAMETER:
         return Tag(kind, rest)
     if kind == "act":
         layer, _, stat = rest.rpartition("/")
@@ -90,6 +96,6 @@ def parse(tag: str) -> Optional[Tag]:
         if tail in ("grad_norm", "cancellation"):
             return Tag(kind, name, tail)
         use_part, _, stat = tail.rpartition("/")
-        if use_part.startswith("use/") and stat in ("grad_norm", "cos"):
+        if use_part.startswith("use/") and stat in USE_STATS:
             return Tag(kind, name, stat, use_part[len("use/"):])
     return None

@@ -1,102 +1,36 @@
-"""Each use's own gradient of a tied parameter: the ``tied`` signal.
+"""The ``tied`` signal: each use's own gradient of a tied parameter, next to their sum.
 
-Autograd sums the gradients of every place a tied parameter is used into one ``.grad``.
-To see each use's part, every call of a module that holds a tied parameter gets its own
-view of it (``p.view_as(p)``) for the duration of that call; a hook on the view keeps the
-gradient that flows into it. The views' gradients add up to ``.grad``. Works for any module
-that reads its parameters as attributes (Linear, LayerNorm, Conv1d, ...), for a module used
-any number of times, and for one parameter tied between different modules. No host sync
-happens in a hook; capture is switched on only for the steps that log it.
+The per-call views that split a gradient into its uses are ``experiments.uses.UseViews``
+(shared with the ``model.grad_scale`` intervention); this signal switches their capture on for
+the steps it logs and turns what they caught into tags: the summed gradient's norm, each use's
+norm and cosine with the sum, the cancellation, and for a parameter with an embedding use the
+fraction of rows each use touches. It checks that the uses add up to ``.grad``.
 """
 
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from functools import partial
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
 from torch import nn
 
 from ..errors import TieGradientMismatch
 from ..tying import TieGroup
+from ..uses import UseViews, module_sites
 from . import tags
-from .hooks import CallSites, module_sites
 from .signals import Signal, Watched, fused_norms
 
 
-class UseGradients:
-    """Captures, per tied parameter, the gradient each use contributes."""
-
-    def __init__(self, model: nn.Module, groups: List[TieGroup]):
-        self.groups = groups
-        self.active = False
-        self.grads: Dict[str, Dict[str, torch.Tensor]] = defaultdict(dict)  # canonical -> alias -> grad
-        canonical_of = {id(g.param): g.canonical for g in groups}
-        self._leaves: Dict[nn.Module, List[Tuple[str, str]]] = {}  # module -> [(leaf, canonical)]
-        sites = module_sites(model)
-        for module in sites:
-            leaves = [(leaf, canonical_of[id(p)]) for leaf, p in module._parameters.items()
-                      if p is not None and id(p) in canonical_of]
-            if leaves:
-                self._leaves[module] = leaves
-        self._hooks = CallSites(model, {m: sites[m] for m in self._leaves}, pre=self._give_views, post=self._restore)
-        self._saved: Dict[nn.Module, List[Dict[str, nn.Parameter]]] = defaultdict(list)
-
-    def _give_views(self, module: nn.Module, args) -> None:
-        if not self.active:
-            return
-        site = self._hooks.next_site(module)
-        saved = {}
-        grad_on = torch.is_grad_enabled()
-        for leaf, canonical in self._leaves[module]:
-            param = module._parameters[leaf]
-            if not (grad_on and param.requires_grad):  # frozen (trainer.freeze) or no_grad: no gradient to split
-                continue
-            view = param.view_as(param)
-            view.register_hook(self._keeper(canonical, f"{site}.{leaf}"))
-            saved[leaf] = param
-            module._parameters[leaf] = view  # read by forward as self.<leaf>, for this call only
-        self._saved[module].append(saved)
-
-    def _restore(self, module: nn.Module, args, output) -> None:
-        if self.active and self._saved[module]:
-            module._parameters.update(self._saved[module].pop())
-
-    def _keeper(self, canonical: str, alias: str):
-        def keep(grad: torch.Tensor) -> None:
-            uses = self.grads[canonical]
-            uses[alias] = grad if alias not in uses else uses[alias] + grad
-        return keep
-
-    def ordered(self, group: TieGroup) -> Dict[str, torch.Tensor]:
-        """The uses of ``group`` in model order (backward delivers them last use first)."""
-        uses = self.grads.get(group.canonical, {})
-        rank = {alias: i for i, alias in enumerate(group.aliases)}
-        return {a: uses[a] for a in sorted(uses, key=lambda a: (rank.get(a.split("#")[0], len(rank)), a))}
-
-    def start(self) -> None:
-        """Capture the uses of the next forward/backward (hooks go in now, out at ``stop``)."""
-        self.grads.clear()
-        self._hooks.install()
-        self.active = True
-
-    def stop(self) -> None:
-        """Stop capturing; a forward that raised midway leaves views in place: put the Parameters back."""
-        self.active = False
-        self._hooks.remove()
-        for module, stack in self._saved.items():
-            while stack:
-                module._parameters.update(stack.pop())
-
-
-def use_statistics(name: str, param: nn.Parameter, uses: Dict[str, torch.Tensor]):
+def use_statistics(name: str, param: nn.Parameter, uses: Dict[str, torch.Tensor], rows: bool = False):
     """Tags and a 1-D device tensor (a value per tag) for one tied parameter, plus the sum
     check as (error, tolerance).
 
     ``cos`` is each use's cosine with the summed gradient (``.grad``); ``cancellation`` is
-    ||sum of uses|| / sum of ||use|| (1 when the uses agree, near 0 when they cancel).
+    ||sum of uses|| / sum of ||use|| (1 when the uses agree, near 0 when they cancel); with
+    ``rows``, ``rows_touched`` is the fraction of rows (first dimension) a use's gradient is
+    non-zero in: an embedding's input use touches only the batch's tokens.
     """
     aliases = list(uses)
     stacked = torch.stack([uses[a].reshape(-1) for a in aliases]).float()
@@ -109,8 +43,12 @@ def use_statistics(name: str, param: nn.Parameter, uses: Dict[str, torch.Tensor]
     tolerance = 1e-5 * stacked.shape[0] * (norms.sum() + 1e-12)
     names = [tags.use_stat(name, a, "grad_norm") for a in aliases] + [tags.use_stat(name, a, "cos") for a in aliases]
     names.append(tags.cancellation(name))
-    values = torch.cat([norms, cos, cancellation.reshape(1)])  # one value per tag, one tensor
-    return names, values, (error, tolerance)
+    parts = [norms, cos, cancellation.reshape(1)]
+    if rows:
+        names += [tags.use_stat(name, a, "rows_touched") for a in aliases]
+        parts.append(torch.stack([(uses[a].reshape(uses[a].shape[0], -1) != 0).any(dim=1).float().mean()
+                                  for a in aliases]))
+    return names, torch.cat(parts), (error, tolerance)  # one value per tag, one tensor
 
 
 def mismatch(name: str, uses: List[str], error: float, tolerance: float) -> TieGradientMismatch:
@@ -143,14 +81,17 @@ class Tied(Signal):
 
     def __init__(self, watched: Watched):
         super().__init__(watched)
-        self.uses = UseGradients(watched.model, watched.groups)
+        self.uses = watched.uses or UseViews(watched.model, watched.groups)
+        owners = module_sites(watched.model)
+        embedded = {id(p) for m in owners if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
+        self._rows = {g.canonical for g in watched.groups if id(g.param) in embedded}
         watched.writer.add_custom_scalars(tied_layout(watched.groups))
 
     def before_forward(self, step) -> None:
-        self.uses.start()
+        self.uses.start_capture()
 
     def after_backward(self, step, record) -> None:
-        self.uses.stop()
+        self.uses.stop_capture()
         with_grad = [g for g in self.watched.groups if g.param.grad is not None]
         if with_grad:
             norms = torch.stack(fused_norms([g.param.grad for g in with_grad]))
@@ -158,9 +99,10 @@ class Tied(Signal):
         for group in with_grad:
             uses = self.uses.ordered(group)
             if uses:
-                names, values, (error, tolerance) = use_statistics(group.canonical, group.param, uses)
+                names, values, (error, tolerance) = use_statistics(group.canonical, group.param, uses,
+                                                                   rows=group.canonical in self._rows)
                 record.extend(names, values)
                 record.check(error, tolerance, partial(mismatch, group.canonical, list(uses)))
 
     def close(self) -> None:
-        self.uses.stop()
+        self.uses.stop_capture()
