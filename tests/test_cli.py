@@ -40,11 +40,23 @@ def test_tied_xavier_writes_every_tag(tied_run):
     assert b"xavier" in hparams["_hparams_/session_start_info"]
     losses = [e.value for e in acc.Scalars("loss/train")]
     steps = [e.step for e in acc.Scalars("loss/train")]
-    assert steps == [1] + list(range(10, 321, 10))  # the first step, then every 10
+    assert steps == [1] + list(range(2, 321, 2))  # the first step, then every 2: about 200 points over 320 steps
     assert losses[-1] < 0.5 * losses[1]
     assert [e.step for e in acc.Scalars("loss/val")] == [32 * k for k in range(1, 11)]
-    # one progress line per epoch, and the weights kept on disk
-    assert sum(" - epoch " in line for line in (result.stdout + result.stderr).splitlines()) == 10
+    # one progress line per epoch (with the epoch mean, loss/train_epoch), and the weights kept on disk
+    output = result.stdout + result.stderr
+    assert sum(" - epoch " in line and "loss/train_epoch" in line for line in output.splitlines()) == 10
+    assert [e.step for e in acc.Scalars("loss/train_epoch")] == [32 * k for k in range(1, 11)]
+    # one loss/train: the console's final value is the last point of the curve
+    printed = float(output.split("done: loss/train ")[1].split()[0])
+    assert printed == pytest.approx(acc.Scalars("loss/train")[-1].value, abs=5e-7)
+    # final is final: every signal logs the last step, histograms the first and the last
+    final = torch.load(run_dir / "weights_final.pt", weights_only=True)["state_dict"]
+    for name in TIED_PARAMS:
+        last = acc.Scalars(f"param_norm/{name}")[-1]
+        assert last.step == 320 and last.value == pytest.approx(final[name].norm().item(), rel=1e-6)
+    steps = [e.step for e in acc.Histograms("param/2.weight")]
+    assert steps[0] == 1 and steps[-1] == 320 and 8 <= len(steps) <= 12
     for name in ("weights_init.pt", "weights_final.pt"):
         saved = torch.load(run_dir / name, weights_only=True)
         assert saved["tie_manifest"]["2.weight"] == ["2.weight", "4.weight"]
@@ -143,7 +155,16 @@ def test_all_signals_write_every_tag(tmp_path):
 
     layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
     charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
-    assert charts["2.weight: gradient norm of each use and their sum"] == [
-        r"tied/2\.weight/grad_norm", r"tied/2\.weight/use/2\.weight/grad_norm", r"tied/2\.weight/use/4\.weight/grad_norm"]
+    title = "2.weight: gradient norm, the sum (this run) and each use (runs uses/2, uses/4)"
+    assert charts[title] == [r"tied/2\.weight/grad_norm$"]
+    # TensorBoard colours lines by run: each use is the same tag in its own sub-run, so the chart
+    # draws the sum and each use in a colour of its own.
+    assert sorted(p.name for p in (run_dir / "uses").iterdir()) == ["2", "4"]
+    for site in ("2", "4"):
+        sub = read_events(run_dir / "uses" / site)
+        assert sub.Tags()["scalars"] == ["tied/2.weight/grad_norm", "tied/2.bias/grad_norm"]
+        for leaf in ("weight", "bias"):
+            own = [(e.step, e.value) for e in sub.Scalars(f"tied/2.{leaf}/grad_norm")]
+            assert own == [(e.step, e.value) for e in acc.Scalars(f"tied/2.{leaf}/use/{site}.{leaf}/grad_norm")]
     summary = acc.Tensors("summary/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "| 2.weight | 2.weight, 4.weight | (8, 8) | 64 | 2 |" in summary and "**121**" in summary

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from experiments.errors import ConfigError
 from experiments.initialization import initialize

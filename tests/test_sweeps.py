@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -127,8 +128,10 @@ def test_report_rows_equal_the_event_files(basic_sweep):
         assert float(row["wall_time_s"]) > 0
         assert set(row["overrides"].split()) == {o for o in job.split(",") if o.split("=")[0] in ("init", "model")}
         if "model=tied" in job:
+            final = torch.load(folder / job / "weights_final.pt", weights_only=True)["state_dict"]
             for name in ("2.weight", "2.bias"):
                 assert float(row[f"norm {name}"]) == last[f"param_norm/{name}"][1]
+                assert float(row[f"norm {name}"]) == pytest.approx(final[name].norm().item(), rel=1e-6)  # final
                 assert float(row[f"cancellation {name}"]) == last[f"tied/{name}/cancellation"][1]
         else:  # the mlp's 2.weight is not tied
             assert row["norm 2.weight"] == row["cancellation 2.weight"] == ""

@@ -1,5 +1,6 @@
 """The monitor: signals run only on the steps they are due; fast paths equal plain arithmetic."""
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
@@ -7,7 +8,8 @@ from torch import nn
 from experiments.config import telemetry_schema
 from experiments.telemetry.monitor import Monitor
 from experiments.telemetry.signals import fused_norms
-from experiments.telemetry.summaries import flat_hparams
+from experiments.telemetry.monitor import cadences
+from experiments.telemetry.summaries import hparam_values
 
 
 def test_fused_norms_equal_per_tensor_norms():
@@ -18,12 +20,13 @@ def test_fused_norms_equal_per_tensor_norms():
     assert fused_norms([]) == []
 
 
-def test_flat_hparams(make_cfg):
-    cfg = make_cfg(["model=tied"])
-    values = flat_hparams(cfg, {"model": "tied", "hydra/launcher": "basic"})
-    assert values["model"] == "tied" and "hydra/launcher" not in values
-    assert values["optim.lr"] == 0.03 and values["data.batch_size"] == 32 and values["model.width"] == 8
-    assert not any(k.startswith(("telemetry", "model.shared", "optim._")) for k in values)
+def test_hparams_are_the_chosen_groups_and_what_the_command_line_set(make_cfg):
+    cfg = make_cfg(["model=tied", "optim.lr=0.1", "trainer.epochs=2", "telemetry=all"])
+    choices = {"model": "tied", "init": "default", "data": "synthetic", "optim": "sgd", "trainer": "default",
+               "telemetry": "all", "hydra/launcher": "basic", "schema/data": "synthetic"}
+    values = hparam_values(cfg, choices, ["model=tied", "optim.lr=0.1", "trainer.epochs=2", "hydra.run.dir=x"])
+    assert values == {"model": "tied", "init": "default", "data": "synthetic", "optim": "sgd", "telemetry": "all",
+                      "optim.lr": 0.1, "trainer.epochs": 2}
 
 
 def test_hooks_exist_only_on_steps_that_log(tmp_path):
@@ -52,3 +55,37 @@ def test_hooks_exist_only_on_steps_that_log(tmp_path):
     signals = lambda tags: {t for t in tags if t.startswith(("tied/", "act/"))}  # noqa: E731
     assert signals(written[1]) == signals(written[2])
     assert not any(t.startswith(("tied/", "act/")) for t in written[3])
+
+
+@pytest.mark.parametrize("total, expected", [
+    (64, {"loss": 1, "param_norm": 1, "histograms": 7}),
+    (100_000, {"loss": 500, "param_norm": 1000, "activations": 2000, "histograms": 10_000}),
+])
+def test_default_cadences_give_about_a_set_number_of_points(make_cfg, total, expected):
+    every = cadences(make_cfg([]).telemetry, total)
+    assert {k: every[k] for k in expected} == expected
+    points = {name: len({1, total} | set(range(n, total + 1, n))) for name, n in every.items()}
+    assert 64 <= points["loss"] <= 202 and 64 <= points["param_norm"] <= 102 and 9 <= points["histograms"] <= 12
+    explicit = cadences(make_cfg(["telemetry.loss.every=7"]).telemetry, total)
+    assert explicit["loss"] == 7  # an explicit cadence wins
+
+
+def test_every_signal_logs_the_first_and_the_last_step(make_cfg, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    cfg = make_cfg(["telemetry.param_norm.every=4", "telemetry.histograms.every=100"]).telemetry
+    monitor = Monitor(tmp_path, model, cfg, total_steps=10)
+    logged = []
+    for step in range(1, 11):
+        monitor.before_forward(step)
+        loss = model(torch.randn(5, 3)).pow(2).mean()
+        model.zero_grad()
+        loss.backward()
+        monitor.after_backward(step)
+        logged.append((step, sorted({t.split("/")[0] for t in monitor.after_step(step, loss.item())}),
+                       [type(s).name for s in monitor.due(step)]))
+    monitor.close()
+    by_step = {step: names for step, _, names in logged}
+    assert "param_norm" in by_step[4] and "param_norm" in by_step[8] and "param_norm" not in by_step[9]
+    assert "histograms" in by_step[1] and "histograms" in by_step[10] and "histograms" not in by_step[5]
+    assert all(set(by_step[s]) == set(monitor.signals) for s in (1, 10))

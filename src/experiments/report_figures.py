@@ -3,7 +3,10 @@
 - ``val_loss.png``: the validation loss of every job in one plot (failed jobs dashed);
 - ``param_norms_<init>.png``: for each init scheme, every parameter's norm over time, one panel per job;
 - ``tied_grad_norms.png``: for each tied parameter of each job, the summed gradient norm and
-  each use's own, when they were logged.
+  each use's own, when they were logged;
+- ``grad_through_time.png``: for a recurrent cell unrolled in time (uses named ``...t<k>...``),
+  the gradient norm of each time step's use against its distance from the loss, log scale, one
+  line per logged step: vanishing gradients fall to the left, exploding ones rise.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from .runs import Job, varying_overrides
 from .telemetry import tags
 
 MAX_PANELS = 12  # per figure; more jobs than that are left out of the per-job figures, with a note
+TIME_STEP = re.compile(r"(?:^|\.)t(\d+)\.[^.]+$")  # a use named by its time step: 1.t3.weight_hh
 
 
 def _label(job: Job, overrides: List[str], width: int = 60) -> str:
@@ -68,9 +72,10 @@ def draw_figures(root: Path, jobs: List[Job]) -> List[Path]:
     try:
         written.append(_val_loss(plt, root, jobs, labels))
         written += _param_norms(plt, root, jobs, labels)
-        tied = _tied_grad_norms(plt, root, jobs, labels)
-        if tied:
-            written.append(tied)
+        for draw in (_tied_grad_norms, _grad_through_time):
+            path = draw(plt, root, jobs, labels)
+            if path:
+                written.append(path)
     finally:
         plt.close("all")
     return written
@@ -145,3 +150,46 @@ def _tied_grad_norms(plt, root: Path, jobs: List[Job], labels: Dict[str, str]):
     more = f" (first {MAX_PANELS} of {len(panels)})" if len(panels) > MAX_PANELS else ""
     fig.suptitle(f"Tied parameters: summed and per-use gradient norms{more}")
     return _save(fig, root / "tied_grad_norms.png")
+
+
+def through_time(job: Job):
+    """(parameter, {time step: curve of its use's gradient norm}) for the recurrent weight of a cell
+    unrolled in time (``weight_hh`` if there is one), or None."""
+    found = {}
+    for name in job.tied():
+        steps = {int(m.group(1)): job.curves[tags.use_stat(name, use, "grad_norm")]
+                 for use in job.uses(name) if (m := TIME_STEP.search(use))
+                 and tags.use_stat(name, use, "grad_norm") in job.curves}
+        if len(steps) > 1:
+            found[name] = steps
+    if not found:
+        return None
+    name = next((n for n in found if n.endswith("weight_hh")), sorted(found)[0])
+    return name, found[name]
+
+
+def _grad_through_time(plt, root: Path, jobs: List[Job], labels: Dict[str, str]):
+    panels = [(job, found) for job in jobs if (found := through_time(job))]
+    if not panels:
+        return None
+    shown = panels[:MAX_PANELS]
+    fig, axes = _grid(plt, len(shown))
+    colours = plt.get_cmap("viridis")
+    for ax, (job, (name, steps)) in zip(axes, shown):
+        last_t = max(steps)
+        logged = sorted(set.intersection(*({s for s, _, _ in curve} for curve in steps.values())))
+        picked = logged if len(logged) <= 8 else [logged[round(i * (len(logged) - 1) / 7)] for i in range(8)]
+        for i, step in enumerate(picked):
+            points = sorted((last_t - t, v) for t, curve in steps.items()
+                            for s, _, v in curve if s == step and v > 0)  # 0 (the first step's h is 0) has no log
+            ax.plot([d for d, _ in points], [v for _, v in points], marker="o", markersize=3,
+                    color=colours(i / max(1, len(picked) - 1)), label=f"step {step}")
+        ax.set_yscale("log")
+        ax.set_title(f"{name} — {labels[job.name]}", fontsize="small")
+        ax.set(xlabel="distance from the loss (time steps)", ylabel="gradient norm of that step's use")
+        ax.legend(fontsize="xx-small", ncol=2)
+        ax.grid(alpha=0.3, which="both")
+    more = f" (first {MAX_PANELS} of {len(panels)})" if len(panels) > MAX_PANELS else ""
+    fig.suptitle(f"Gradient through time: each time step's share of the recurrent weight's gradient{more}\n"
+                 f"(a step whose gradient is exactly 0, e.g. weight_hh at the first step, is left out)", fontsize="medium")
+    return _save(fig, root / "grad_through_time.png")

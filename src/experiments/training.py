@@ -16,6 +16,8 @@ from typing import Dict, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -29,7 +31,7 @@ from .runs import FAILURE_FILE, WEIGHTS_FINAL, WEIGHTS_INIT
 from .summary import summary_markdown
 from .telemetry import tags
 from .telemetry.monitor import Monitor, cadences
-from .telemetry.summaries import flat_hparams, ties_markdown
+from .telemetry.summaries import hparam_values, swept_keys, ties_markdown
 from .tying import tie_groups
 from .uses import UseViews
 
@@ -85,6 +87,7 @@ class Run:
         self.shuffle = torch.Generator().manual_seed(cfg.trainer.seed + 1)
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         self.step, self.epoch, self.skip, self.val_loss = 0, 1, 0, float("nan")
+        self.train_loss = float("nan")  # the last loss/train point: the mean since the point before
 
         checkpoint = find_checkpoint(cfg.trainer.resume, self.run_dir) if cfg.trainer.resume else None
         if checkpoint:
@@ -96,16 +99,33 @@ class Run:
                      self.skip)
         else:
             save_weights(self.model, self.run_dir / WEIGHTS_INIT)
+        total_steps = cfg.trainer.epochs * self.data.steps_per_epoch()
         self.monitor = Monitor(self.run_dir, self.model, cfg.telemetry, purge_step=self.step + 1 if checkpoint else None,
-                               classification=self.data.task in CLASSES, uses=self.uses)
+                               classification=self.data.task in CLASSES, uses=self.uses, total_steps=total_steps)
         if not checkpoint:
             self.monitor.text("config", "    " + self.config_yaml.replace("\n", "\n    "))
             self.monitor.text("ties", ties_markdown(self.exp.manifest))
             self.monitor.text("summary", summary_markdown(self.model, self.exp.init_rules))
-            self.monitor.hparams(flat_hparams(cfg, choices or {}))
+            self.monitor.hparams(self.hparams(cfg, choices or {}), self.metric_tags(), self.run_dir.name)
         log.info("training %s (%d parameters, %d tied) on %s: %d epochs of %d steps; run folder %s",
                  cfg.model.name, sum(p.numel() for p in self.params), len(self.exp.manifest), self.exp.device,
                  cfg.trainer.epochs, self.data.steps_per_epoch(), self.run_dir)
+
+    @staticmethod
+    def hparams(cfg: DictConfig, choices: Mapping[str, str]) -> Dict[str, object]:
+        """What the HParams tab shows for this run (see ``telemetry.summaries.hparam_values``)."""
+        if not HydraConfig.initialized():  # called from code, not the command line
+            return hparam_values(cfg, choices, [])
+        hydra = HydraConfig.get()
+        swept = swept_keys(hydra.sweep.dir) if hydra.mode == RunMode.MULTIRUN else None
+        return hparam_values(cfg, choices, list(hydra.overrides.task), swept)
+
+    def metric_tags(self):
+        """The curves the HParams tab shows for this run."""
+        metrics = [tags.LOSS_TRAIN, tags.LOSS_VAL]
+        if self.data.task in CLASSES:
+            metrics += [tags.ACC_TRAIN, tags.ACC_VAL]
+        return metrics + ([tags.PPL_VAL] if self.data.task == "next_token" else [])
 
     def train_epoch(self, interrupt: InterruptGuard) -> Dict[str, float]:
         """The rest of the epoch in progress, its validation, its checkpoint; the epoch's metrics."""
@@ -119,13 +139,12 @@ class Run:
                 path = self.checkpoint(epoch_start, numbered=False)
                 raise Interrupted(f"stopped by {interrupt.name} at step {self.step}; checkpoint written to {path}.",
                                   interrupt.signum, self.run_dir)
-        metrics = evaluate(self.model.eval(), self.data)
-        self.val_loss = metrics["loss/val"]
+        metrics = {tags.LOSS_TRAIN_EPOCH: epoch_loss / max(done_here, 1), **evaluate(self.model.eval(), self.data)}
+        self.val_loss = metrics[tags.LOSS_VAL]
         check_validation(self.step, self.val_loss, self.names, self.params)
         self.monitor.epoch_end(self.step, metrics)
-        log.info("epoch %d/%d  step %d  loss/train %.6f  %s  (%.2fs)", self.epoch, self.cfg.trainer.epochs, self.step,
-                 epoch_loss / max(done_here, 1), "  ".join(f"{k} {v:.6f}" for k, v in metrics.items()),
-                 time.perf_counter() - started)
+        log.info("epoch %d/%d  step %d  %s  (%.2fs)", self.epoch, self.cfg.trainer.epochs, self.step,
+                 "  ".join(f"{k} {v:.6f}" for k, v in metrics.items()), time.perf_counter() - started)
         self.epoch, self.skip = self.epoch + 1, 0
         every = self.cfg.trainer.checkpoint_every
         self.checkpoint(self.shuffle.get_state(), numbered=every > 0 and (self.epoch - 1) % every == 0)
@@ -143,7 +162,9 @@ class Run:
         if self.clip is not None:
             nn.utils.clip_grad_norm_(self.params, self.clip)
         self.optimizer.step()
-        self.monitor.after_step(self.step, loss_value, out, y)
+        written = self.monitor.after_step(self.step, loss_value, out, y)
+        if tags.LOSS_TRAIN in written:
+            self.train_loss = written[tags.LOSS_TRAIN]
         return loss_value
 
     def checkpoint(self, shuffle_state: torch.Tensor, numbered: bool) -> Path:
@@ -159,7 +180,8 @@ class Run:
             self.val_loss = evaluate(self.model.eval(), self.data)["loss/val"]
         save_weights(self.model, self.run_dir / WEIGHTS_FINAL)
         (self.run_dir / FAILURE_FILE).unlink(missing_ok=True)  # a resumed run that finishes is no longer a failure
-        log.info("done: loss/val %.6f; see it with: tensorboard --logdir %s", self.val_loss, self.run_dir)
+        log.info("done: loss/train %.6f (the mean since the previous point)  loss/val %.6f; see it with: "
+                 "tensorboard --logdir %s", self.train_loss, self.val_loss, self.run_dir)
         return self.val_loss
 
 

@@ -65,7 +65,7 @@ class ActivationStats:
 class Activations(Signal):
     """``act/<layer>/mean|std|dead_frac`` for every leaf module (each use of a tied one)."""
 
-    name, every = "activations", 100
+    name, points = "activations", 50
 
     def __init__(self, watched: Watched):
         super().__init__(watched)

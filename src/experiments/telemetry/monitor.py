@@ -9,28 +9,27 @@ run logs once: the config, the ties, the summary (``text``) and the hparams.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
 
 from ..errors import ConfigError
 from ..tying import tie_groups
 from ..uses import UseViews
-from . import activations, tags, tied  # noqa: F401  (importing them registers their signals)
+from . import activations, tied  # noqa: F401  (importing them registers their signals)
 from .events import ScalarWriter
 from .signals import SIGNALS, Signal, Watched
+from .summaries import hparams_summaries
 
-METRIC_TAGS = (tags.LOSS_TRAIN, tags.LOSS_VAL)
 
-
-def cadences(cfg: DictConfig) -> Dict[str, int]:
+def cadences(cfg: DictConfig, total_steps: Optional[int] = None) -> Dict[str, int]:
     """Each signal's cadence as a plain int, 0 when off (read once: a DictConfig lookup per step
-    costs microseconds). ``telemetry.enabled=false`` leaves only the loss on. A field that names
-    no signal, or a cadence below 1, is an error."""
+    costs microseconds). ``every: null`` is about the signal's ``points`` points over
+    ``total_steps`` (every step when the run length is not known). ``telemetry.enabled=false``
+    leaves only the loss on. A field that names no signal, or a cadence below 1, is an error."""
     every = {}
     for name, sig in cfg.items():
         if name == "enabled":
@@ -38,36 +37,53 @@ def cadences(cfg: DictConfig) -> Dict[str, int]:
         if name not in SIGNALS:
             raise ConfigError(f"telemetry.{name}: there is no signal of that name (a field with no code behind "
                               f"it would be silently ignored). Signals: {', '.join(sorted(SIGNALS))}.")
-        if sig.every < 1:
+        if sig.every is not None and sig.every < 1:
             raise ConfigError(f"telemetry.{name}.every={sig.every}: must be at least 1 (a number of "
                               f"steps); switch a signal off with telemetry.{name}.enabled=false.")
-        every[name] = sig.every if sig.enabled and (cfg.enabled or name == "loss") else 0
+        n = sig.every if sig.every is not None else max(1, -(-(total_steps or 1) // SIGNALS[name].points))
+        every[name] = n if sig.enabled and (cfg.enabled or name == "loss") else 0
     return every
 
 
 class Monitor:
     def __init__(self, run_dir: Path, model: nn.Module, cfg: DictConfig, purge_step: Optional[int] = None,
-                 classification: bool = False, uses: Optional[UseViews] = None):
-        self._every = cadences(cfg)
+                 classification: bool = False, uses: Optional[UseViews] = None, total_steps: Optional[int] = None):
+        self._every = cadences(cfg, total_steps)
+        self._last = total_steps or 0  # every signal also logs the last step: the final value is final
         self.classification = classification
         # purge_step: a resumed run drops what the interrupted one wrote after its checkpoint
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
         self.record = ScalarWriter(self.writer)
         named = list(model.named_parameters())
+        self._run_dir, self._purge_step, self._sub_writers = Path(run_dir), purge_step, {}
         watched = Watched(model, [n for n, _ in named], [p for _, p in named], uses.groups if uses else tie_groups(model),
-                          classification, self.writer, uses)
+                          classification, self.writer, uses, self.sub_writer)
         self.signals: Dict[str, Signal] = {
             name: SIGNALS[name](watched) for name, every in self._every.items()
             if every and SIGNALS[name].applies(watched)
         }
         self._per_step = [s for s in self.signals.values() if type(s).every_step is not Signal.every_step]
-        self._step, self._due = 0, []
+        self._step, self._due, self._next = 0, [], 1  # _next: the next step any signal is due
+
+    def sub_writer(self, name: str) -> SummaryWriter:
+        """The writer of the sub-run ``<run>/<name>`` (TensorBoard shows it as a run of its own)."""
+        if name not in self._sub_writers:
+            self._sub_writers[name] = SummaryWriter(log_dir=str(self._run_dir / name), purge_step=self._purge_step)
+        return self._sub_writers[name]
 
     def due(self, step: int) -> List[Signal]:
-        """The signals that log at ``step``: each logs the first step (the initial state), then every N."""
-        if step != self._step:
-            self._step = step
-            self._due = [s for name, s in self.signals.items() if step % self._every[name] == 0 or step == 1]
+        """The signals that log at ``step``: the first step (the initial state), every N, the last.
+        On a quiet step this is one integer comparison."""
+        if step == self._step:
+            return self._due
+        self._step = step
+        if step < self._next and step != self._last:
+            self._due = []
+            return self._due
+        at = lambda name: step == 1 or step % self._every[name] == 0 or step == self._last  # noqa: E731
+        self._due = [s for name, s in self.signals.items() if at(name)]
+        self._next = min((step // n + 1) * n for n in (self._every[name] for name in self.signals)) \
+            if self.signals else 1 << 62
         return self._due
 
     def before_forward(self, step: int) -> None:
@@ -97,14 +113,15 @@ class Monitor:
     def text(self, tag: str, markdown: str) -> None:
         self.writer.add_text(tag, markdown, 0)
 
-    def hparams(self, values: Mapping[str, object]) -> None:
-        """HParams summaries in the run's own folder; metrics are the ``METRIC_TAGS`` curves."""
-        metrics = METRIC_TAGS + ((tags.ACC_TRAIN, tags.ACC_VAL) if self.classification else ())
-        for summary in hparams(dict(values), {tag: 0.0 for tag in metrics}):
+    def hparams(self, values: Mapping[str, object], metrics: Sequence[str], name: str) -> None:
+        """HParams summaries in the run's own folder (not a sub-folder: TensorBoard would show a
+        second run), the session named ``name``; ``metrics`` are tags of this run's curves."""
+        for summary in hparams_summaries(values, metrics, name):
             self.writer._get_file_writer().add_summary(summary)
 
     def close(self) -> None:
         for signal in self.signals.values():
             signal.close()
-        self.writer.flush()
-        self.writer.close()
+        for writer in [self.writer, *self._sub_writers.values()]:
+            writer.flush()
+            writer.close()

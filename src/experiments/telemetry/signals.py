@@ -6,12 +6,17 @@ field per registered signal (``config.telemetry_schema``), so a new signal is on
 
     class FirstWeightMean(Signal):
         name = "first_weight_mean"     # telemetry.first_weight_mean.enabled / .every
-        every = 25                     # default cadence, in optimizer steps
+        points = 50                    # by default about 50 points per run
 
         def after_step(self, step, record):
             record.add("first_weight_mean", self.watched.params[0].detach().mean())
 
-The monitor calls, on the steps a signal is due (step 1, every ``every`` steps):
+Cadence: a signal logs at step 1 (the initial state), at the run's last step (so the final
+value is final) and every ``every`` steps in between. ``every: null`` (the default) means about
+``points`` points per run, whatever its length: ``every = ceil(total steps / points)``; an
+explicit ``every`` wins.
+
+The monitor calls, on the steps a signal is due:
 ``before_forward(step)``, ``after_backward(step, record)`` (gradients present, weights not yet
 updated) and ``after_step(step, record)`` (after ``optimizer.step()``). ``record`` collects
 the step's scalars (see ``events.ScalarWriter``); they reach the host in one transfer. A signal
@@ -21,7 +26,7 @@ that must see every step (the loss) overrides ``every_step``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Dict, List, Optional, Type
+from typing import Callable, ClassVar, Dict, List, Optional, Type
 
 import torch
 from torch import nn
@@ -35,10 +40,11 @@ from .events import ScalarWriter
 
 @dataclass
 class SignalConfig:
-    """``telemetry.<signal>``: on or off, and how often (in optimizer steps)."""
+    """``telemetry.<signal>``: on or off, and how often (in optimizer steps; null: about the
+    signal's ``points`` points per run)."""
 
     enabled: bool = True
-    every: int = 10
+    every: Optional[int] = None
 
 
 @dataclass
@@ -52,6 +58,7 @@ class Watched:
     classification: bool
     writer: SummaryWriter
     uses: Optional[UseViews] = None  # the per-use views of the tied parameters, if the run made them
+    sub_writer: Optional[Callable[[str], SummaryWriter]] = None  # a writer for the sub-run <run>/<name>
 
 
 SIGNALS: Dict[str, Type["Signal"]] = {}
@@ -59,7 +66,8 @@ SIGNALS: Dict[str, Type["Signal"]] = {}
 
 class Signal:
     name: ClassVar[str] = ""  # its config field: telemetry.<name>; a subclass with a name registers itself
-    every: ClassVar[int] = 50  # default cadence
+    points: ClassVar[int] = 100  # by default, about this many points per run
+    every: ClassVar[Optional[int]] = None  # a fixed default cadence instead (steps)
     enabled: ClassVar[bool] = True  # on by default
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -97,9 +105,10 @@ def fused_norms(tensors: List[torch.Tensor]) -> List[torch.Tensor]:
 
 
 class Loss(Signal):
-    """``loss/train`` (and ``acc/train``): the mean over the steps since the last point."""
+    """``loss/train`` (and ``acc/train``): the mean of the batch losses over the steps since the
+    previous point (the steps each point stands for). The epoch mean is ``loss/train_epoch``."""
 
-    name, every = "loss", 10
+    name, points = "loss", 200
 
     def __init__(self, watched: Watched):
         super().__init__(watched)
@@ -147,7 +156,7 @@ class GradNorm(Signal):
 class UpdateRatio(Signal):
     """``update_ratio/<param>``: ||w_after - w_before|| / ||w_before|| of one optimizer step."""
 
-    name, every = "update_ratio", 100
+    name, points = "update_ratio", 50
 
     def after_backward(self, step, record) -> None:
         self._before = torch._foreach_mul([p.detach() for p in self.watched.params], 1.0)  # copies, one call
@@ -160,9 +169,10 @@ class UpdateRatio(Signal):
 
 
 class Histograms(Signal):
-    """``param/<param>`` and ``grad/<param>``: the slowest to write, so on a slow cadence."""
+    """``param/<param>`` and ``grad/<param>``: the slowest to write, so few points (always the first
+    and the last step: what training did to the distributions)."""
 
-    name, every = "histograms", 1000
+    name, points = "histograms", 10
 
     def after_backward(self, step, record) -> None:
         for name, p in zip(self.watched.names, self.watched.params):

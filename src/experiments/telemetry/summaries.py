@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Set
 
 from omegaconf import DictConfig, OmegaConf
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams import plugin_data_pb2
+from torch.utils.tensorboard.summary import hparams
+
+ALWAYS = ("model", "init", "data", "optim")  # groups a single run shows even at their default choice
+IN_A_SWEEP = ("model", "init")  # groups a sweep's jobs show whether or not the sweep varies them
 
 
 def ties_markdown(manifest: Mapping[str, List[str]]) -> str:
@@ -14,16 +21,54 @@ def ties_markdown(manifest: Mapping[str, List[str]]) -> str:
     return "\n".join(["| parameter | aliases (state_dict names) |", "|---|---|", *rows])
 
 
-def flat_hparams(cfg: DictConfig, choices: Mapping[str, str]) -> Dict[str, object]:
-    """The chosen config groups plus every scalar setting (lists and layer specs left out)."""
-    values: Dict[str, object] = {g: str(c) for g, c in choices.items() if not g.startswith("hydra")}
+def swept_keys(sweep_dir: Path) -> Optional[Set[str]]:
+    """The keys and groups a sweep varies, from its ``multirun.yaml``: overrides with several values
+    (``init=normal,xavier``, ``range(3)``, ...) and an Optuna search's parameters. None if unknown."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    def walk(node, prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, (int, float, str, bool)) and not str(key).startswith("_"):
-                values[f"{prefix}{key}"] = value
-            elif isinstance(value, Mapping) and key not in ("shared", "args", "telemetry"):
-                walk(value, f"{prefix}{key}.")
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return None
+    saved = OmegaConf.load(path)
+    overrides = OverridesParser.create().parse_overrides(list(saved.hydra.overrides.task))
+    swept = {o.key_or_group for o in overrides if o.is_sweep_override()}
+    params = OmegaConf.select(saved, "hydra.sweeper.params") or {}
+    return swept | set(params)
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+
+def hparam_values(cfg: DictConfig, choices: Mapping[str, str], overrides: Sequence[str],
+                  swept: Optional[Set[str]] = None) -> Dict[str, object]:
+    """What the HParams tab shows. A single run: its config groups (model, init, data, optim, and
+    any other not at its default) and every key its command line set (``optim.lr=0.01``). A job of
+    a sweep (``swept``: what the sweep varies): model, init and what the sweep varies, nothing else.
+
+    Few columns on purpose: TensorBoard shows the first few hparams, in alphabetical order, and
+    cannot tell which differ (tensorflow/tensorboard#4770, #6348); logging only what varies keeps
+    a sweep's settings on screen instead of dozens of identical defaults.
+    """
+    def shown(group: str, choice) -> bool:
+        if group.startswith(("hydra", "schema")):
+            return False
+        if swept is not None:
+            return group in IN_A_SWEEP or group in swept
+        return group in ALWAYS or choice not in (None, "default")
+
+    values: Dict[str, object] = {g: str(c) for g, c in choices.items() if shown(g, c)}
+    for override in overrides:
+        key = override.lstrip("+~").partition("=")[0]
+        if key.startswith("hydra.") or "." not in key or key in values or (swept is not None and key not in swept):
+            continue
+        value = OmegaConf.select(cfg, key)
+        values[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return values
+
+
+def hparams_summaries(values: Mapping[str, object], metrics: Sequence[str], name: str) -> List[Summary]:
+    """The three HParams summaries of a run, its session named ``name`` (the job folder's name,
+    not TensorBoard's path of the run, which it cuts to ``multirun/2026-1…``)."""
+    experiment, start, end = hparams(dict(values), {tag: 0.0 for tag in metrics})
+    data = plugin_data_pb2.HParamsPluginData.FromString(start.value[0].metadata.plugin_data.content)
+    data.session_start_info.group_name = name
+    start.value[0].metadata.plugin_data.content = data.SerializeToString()
+    return [experiment, start, end]
+

@@ -3,7 +3,7 @@
 The tags are a contract: dashboards, the report and users' own scripts read them. Signals
 build their tags with these functions; the report reads tags back with :func:`parse`.
 
-- ``loss/train``, ``loss/val``, ``acc/train``, ``acc/val``, ``ppl/val``
+- ``loss/train``, ``loss/train_epoch``, ``loss/val``, ``acc/train``, ``acc/val``, ``ppl/val``
 - ``param_norm/<param>``, ``grad_norm/<param>``, ``grad_norm/total``, ``update_ratio/<param>``
 - ``param/<param>``, ``grad/<param>`` (histograms)
 - ``tied/<param>/grad_norm`` (the gradient autograd sums over the uses),
@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-LOSS_TRAIN, LOSS_VAL = "loss/train", "loss/val"
+LOSS_TRAIN, LOSS_VAL = "loss/train", "loss/val"  # loss/train: the mean over the steps since the last point
+LOSS_TRAIN_EPOCH = "loss/train_epoch"  # the mean over the epoch, at its last step
 ACC_TRAIN, ACC_VAL = "acc/train", "acc/val"
 PPL_VAL = "ppl/val"  # perplexity, exp(loss/val), for next-token prediction
 GRAD_NORM_TOTAL = "grad_norm/total"  # the norm of all gradients together (before clipping)

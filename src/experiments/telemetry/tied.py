@@ -60,12 +60,23 @@ def mismatch(name: str, uses: List[str], error: float, tolerance: float) -> TieG
     )
 
 
+USES_DIR = "uses"  # each use's sub-run: <run>/uses/<module of the use>
+
+
+def use_run(alias: str) -> str:
+    """The sub-run that draws a use's line: ``4.weight`` -> ``uses/4`` (the module of that use)."""
+    return f"{USES_DIR}/{alias.rpartition('.')[0] or alias}"
+
+
 def tied_layout(groups: List[TieGroup]) -> Dict[str, Dict[str, list]]:
-    """Custom-scalars layout: one chart per tied parameter with its uses and their sum."""
+    """Custom-scalars layout: one chart per tied parameter. Its one tag, ``tied/<name>/grad_norm``,
+    is the sum in the run itself and each use's own gradient norm in the use's sub-run, so
+    TensorBoard draws the sum and every use each in its own colour (it colours by run)."""
     charts = {}
     for g in groups:
-        lines = [tags.tied_grad_norm(g.canonical)] + [tags.use_stat(g.canonical, a, "grad_norm") for a in g.aliases]
-        charts[f"{g.canonical}: gradient norm of each use and their sum"] = ["Multiline", [re.escape(t) for t in lines]]
+        uses = ", ".join(use_run(a) for a in g.aliases)
+        title = f"{g.canonical}: gradient norm, the sum (this run) and each use (runs {uses})"
+        charts[title] = ["Multiline", [re.escape(tags.tied_grad_norm(g.canonical)) + "$"]]
     return {"tied parameters": charts}
 
 
@@ -103,6 +114,10 @@ class Tied(Signal):
                                                                    rows=group.canonical in self._rows)
                 record.extend(names, values)
                 record.check(error, tolerance, partial(mismatch, group.canonical, list(uses)))
+                if self.watched.sub_writer:  # the same norms again, each in its use's sub-run (one colour each)
+                    for i, alias in enumerate(uses):
+                        record.add(tags.tied_grad_norm(group.canonical), values[i],
+                                   writer=self.watched.sub_writer(use_run(alias)))
 
     def close(self) -> None:
         self.uses.stop_capture()
