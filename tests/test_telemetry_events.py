@@ -1,43 +1,101 @@
-"""The event writer: one event per step holds what per-tag writes would; C checksums are TensorBoard's."""
+"""The event writer's fast paths write exactly what the straightforward ones (protobuf objects,
+TensorBoard's SummaryWriter) write: byte for byte where they can, and as TensorBoard reads them."""
+
+import struct
 
 import pytest
 import torch
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as pure_python
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import histogram, text
 
 from conftest import read_events
-from experiments.telemetry.events import ScalarWriter
+from experiments.telemetry.events import (FAST_CHECKSUMS, HISTOGRAM_BINS, EventFile, ScalarWriter, encode_scalars,
+                                         masked_crc32c)
 
 
-def test_one_event_holds_what_per_tag_writes_would(tmp_path):
-    values = {"a/x": torch.tensor(1.5), "a/y": torch.tensor(-2.0), "b": torch.tensor(3.25)}
-    batched, single = tmp_path / "batched", tmp_path / "single"
-    with SummaryWriter(str(single)) as w:
-        for tag, v in values.items():
-            w.add_scalar(tag, v.item(), 7)
-    w = SummaryWriter(str(batched))
-    scalars = ScalarWriter(w)
-    for tag, v in values.items():
-        scalars.add(tag, v)
-    assert scalars.flush(7) == {k: v.item() for k, v in values.items()}
-    assert scalars.flush(8) == {}  # nothing pending: nothing written
-    w.close()
-    a, b = read_events(batched), read_events(single)
-    assert sorted(a.Tags()["scalars"]) == sorted(b.Tags()["scalars"]) == sorted(values)
-    for tag in values:
-        assert [(e.step, e.value) for e in a.Scalars(tag)] == [(e.step, e.value) for e in b.Scalars(tag)]
+@pytest.mark.parametrize("tags, values, step", [
+    (["a"], [1.5], 0),
+    (["loss/train", "tied/2.weight/use/4.weight/cos", "zero"], [0.25, -3e-9, 0.0], 7),
+    (["x" * 300, "ü/ñ", "param_norm/0.block 1.2.weight"], [float("inf"), float("nan"), 1e30], 2**40 + 3),
+])
+def test_bulk_scalar_encoding_is_protobufs_bytes(tags, values, step):
+    expected = Event(wall_time=1234.5678, step=step, summary=Summary(
+        value=[Summary.Value(tag=t, simple_value=v) for t, v in zip(tags, values)])).SerializeToString()
+    assert encode_scalars(step, 1234.5678, tags, values) == expected
 
 
-def test_blocks_singles_and_checks_in_any_order(tmp_path):
-    """Blocks (one tensor for many tags), single values and checks, interleaved: every tag gets
-    its own value; a failed check raises with the numbers and writes nothing of that step."""
-    w = SummaryWriter(str(tmp_path))
-    scalars = ScalarWriter(w)
+def test_checksums_are_tensorboards():
+    import os
+
+    assert FAST_CHECKSUMS
+    for size in (0, 1, 8, 100, 2048):
+        data = os.urandom(size)
+        assert masked_crc32c(data) == pure_python(data)
+
+
+def test_event_file_reads_back_as_summary_writers_does(tmp_path):
+    """The same scalars, histogram and text through SummaryWriter and through EventFile: TensorBoard's
+    reader finds the same tags, steps and values; every record's checksums are TensorBoard's."""
+    values = torch.randn(100)
+    with SummaryWriter(str(tmp_path / "reference")) as w:
+        for step in (1, 2, 5):
+            for i, tag in enumerate(("a/x", "a/y", "b")):
+                w.add_scalar(tag, step * 0.5 + i, step)
+        w.add_histogram("h", values, 3)
+        w.add_text("t", "hello **world**", 0)
+    events = EventFile(tmp_path / "ours")
+    for step in (1, 2, 5):
+        events.write_scalars(step, ["a/x", "a/y", "b"], [step * 0.5 + i for i in range(3)])
+    events.write_summary(histogram("h", values, HISTOGRAM_BINS), 3)
+    events.write_summary(text("t", "hello **world**"), 0)
+    events.close()
+    ref, ours = read_events(tmp_path / "reference"), read_events(tmp_path / "ours")
+    assert sorted(ours.Tags()["scalars"]) == sorted(ref.Tags()["scalars"]) == ["a/x", "a/y", "b"]
+    for tag in ("a/x", "a/y", "b"):
+        assert [(e.step, e.value) for e in ours.Scalars(tag)] == [(e.step, e.value) for e in ref.Scalars(tag)]
+    assert ours.Histograms("h")[0].histogram_value == ref.Histograms("h")[0].histogram_value
+    assert ours.Tensors("t/text_summary")[0].tensor_proto == ref.Tensors("t/text_summary")[0].tensor_proto
+    raw, offset = events.path.read_bytes(), 0
+    assert events.path.name.startswith("events.out.tfevents.")
+    while offset < len(raw):
+        header = raw[offset:offset + 8]
+        (length,) = struct.unpack("<Q", header)
+        assert struct.unpack("<I", raw[offset + 8:offset + 12])[0] == pure_python(header)
+        data = raw[offset + 12:offset + 12 + length]
+        assert struct.unpack("<I", raw[offset + 12 + length:offset + 16 + length])[0] == pure_python(data)
+        offset += 16 + length
+
+
+def test_purge_step_drops_what_an_earlier_file_logged_from_there_on(tmp_path):
+    first = EventFile(tmp_path)
+    for step in range(1, 7):
+        first.write_scalars(step, ["loss"], [float(step)])
+    first.close()
+    second = EventFile(tmp_path, purge_step=4)  # a resumed run: steps 4.. again
+    for step in range(4, 9):
+        second.write_scalars(step, ["loss"], [10.0 * step])
+    second.close()
+    assert [(e.step, e.value) for e in read_events(tmp_path).Scalars("loss")] == \
+        [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0), (6, 60.0), (7, 70.0), (8, 80.0)]
+
+
+def test_blocks_singles_sub_runs_and_checks_in_any_order(tmp_path):
+    """Blocks (one tensor for many tags), single values, a sub-run's values and checks, interleaved,
+    reach the host in one transfer: every tag gets its own value in its own run; a failed check
+    raises with the numbers and writes nothing of that step."""
+    main, sub = EventFile(tmp_path / "run"), EventFile(tmp_path / "run" / "uses" / "2")
+    scalars = ScalarWriter(main)
     scalars.add("a", torch.tensor(1.0))
     scalars.check(torch.tensor(0.5), torch.tensor(1.0), lambda e, tol: AssertionError("must not fail"))
     scalars.extend(["b/0", "b/1", "b/2"], torch.tensor([2.0, 3.0, 4.0], dtype=torch.float64))
+    scalars.add("a", torch.tensor(8.0), sub)
     scalars.add("c", torch.tensor([5.0]))
     scalars.extend(["d", "e"], [torch.tensor(6.0), torch.tensor(7)])
     assert scalars.flush(1) == {"a": 1.0, "b/0": 2.0, "b/1": 3.0, "b/2": 4.0, "c": 5.0, "d": 6.0, "e": 7.0}
+    assert scalars.flush(9) == {}  # nothing pending: nothing written
     scalars.add("a", torch.tensor(9.0))
     scalars.check(torch.tensor(2.0), torch.tensor(1.0), lambda e, tol: ValueError(f"off by {e} > {tol}"))
     scalars.extend(["b/0", "b/1", "b/2"], torch.zeros(3))
@@ -46,33 +104,7 @@ def test_blocks_singles_and_checks_in_any_order(tmp_path):
     assert scalars.flush(3) == {}  # the failed step's values are gone, not carried over
     with pytest.raises(ValueError, match="2 tags but 3 values"):
         scalars.extend(["x", "y"], torch.zeros(3))
-    w.close()
-    acc = read_events(tmp_path)
-    assert [(e.step, e.value) for e in acc.Scalars("a")] == [(1, 1.0)]
-
-
-def test_fast_event_checksums_write_the_same_records(tmp_path):
-    import os
-    import struct
-
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as pure_python
-    from tensorboard.summary.writer import record_writer
-
-    from experiments.telemetry.events import FAST_CHECKSUMS
-
-    assert FAST_CHECKSUMS and record_writer.masked_crc32c is not pure_python
-    for size in (0, 1, 8, 100, 2048):
-        data = os.urandom(size)
-        assert record_writer.masked_crc32c(data) == pure_python(data)
-    with SummaryWriter(str(tmp_path)) as w:
-        w.add_scalar("x", 1.0, 1)
-    raw = next(tmp_path.glob("events.out.tfevents.*")).read_bytes()
-    offset = 0
-    while offset < len(raw):  # every record's two checksums, verified with tensorboard's own function
-        header = raw[offset:offset + 8]
-        (length,) = struct.unpack("<Q", header)
-        assert struct.unpack("<I", raw[offset + 8:offset + 12])[0] == pure_python(header)
-        data = raw[offset + 12:offset + 12 + length]
-        assert struct.unpack("<I", raw[offset + 12 + length:offset + 16 + length])[0] == pure_python(data)
-        offset += 16 + length
-    assert read_events(tmp_path).Scalars("x")[0].value == 1.0
+    main.close()
+    sub.close()
+    assert [(e.step, e.value) for e in read_events(tmp_path / "run").Scalars("a")] == [(1, 1.0)]
+    assert [(e.step, e.value) for e in read_events(tmp_path / "run" / "uses" / "2").Scalars("a")] == [(1, 8.0)]

@@ -81,6 +81,7 @@ class SGDConfig:
     lr: float = 0.03
     momentum: float = 0.0
     weight_decay: float = 0.0
+    fused: Optional[bool] = None  # None: fused (skips a non-finite step on the device); false: foreach
 
 
 @dataclass
@@ -91,6 +92,7 @@ class AdamConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.0
+    fused: Optional[bool] = None  # None: fused (skips a non-finite step on the device); false: foreach
 
 
 @dataclass
@@ -102,6 +104,7 @@ class TrainerConfig:
     resume: Optional[str] = None  # a run folder, a checkpoint file, or "auto" (this run folder's last.pt)
     freeze: List[str] = field(default_factory=list)  # globs of parameter names that are not trained
     clip_grad_norm: Optional[float] = None  # clip the total gradient norm to this (grad_norm/total logs it before)
+    check_every: int = 100  # steps between checks for a non-finite loss or gradient (also on every logged step)
 
 
 def telemetry_schema() -> type:

@@ -18,22 +18,58 @@ def first_nonfinite_grad(names: List[str], params: List[torch.nn.Parameter]) -> 
     return None
 
 
-def check_finite(step: int, loss: torch.Tensor, names: List[str], params: List[torch.nn.Parameter]) -> float:
-    """Return the loss as a float; raise :class:`Diverged` if it is not finite.
+class DivergenceGuard:
+    """Stops training at a non-finite loss or gradient before the weights take it in, without a
+    host transfer on quiet steps.
 
-    Called after ``backward()`` and before ``optimizer.step()``, so the weights and the last
-    checkpoint are still those of the last good step. The one host transfer per step it costs
-    also gives the loop its loss value, so nothing else has to accumulate tensors per step.
+    With an optimizer that can skip its step on the device (PyTorch's fused SGD, Adam and AdamW
+    read a ``found_inf`` flag, the way AMP's gradient scaler drives them), every step runs one
+    fused check of the loss and every gradient that sets a sticky flag; while it is set the
+    optimizer skips its update, so the weights stay those of the last good step, and a counter
+    of skipped steps tells where it began. The flag reaches the host in :meth:`check`, which the
+    loop calls on steps that log anyway, every ``trainer.check_every`` steps, before a checkpoint
+    and at the end of an epoch: the run then stops naming the step where it happened. Any other
+    optimizer keeps the same promise with one host read of the loss per step.
     """
-    loss_value = loss.item()
-    if math.isfinite(loss_value):
-        return loss_value
-    culprit = first_nonfinite_grad(names, params)
-    raise Diverged(
-        f"training diverged at step {step}: the loss is {loss_value}; first parameter with a non-finite gradient: "
-        f"{culprit or 'none yet (every gradient is finite)'}. The weights were not updated with it and the last checkpoint is intact. "
-        f"Lower optim.lr, pick a gentler init (init.std, init.value), or check the data."
-    )
+
+    def __init__(self, optimizer: torch.optim.Optimizer, names: List[str], params: List[torch.nn.Parameter]):
+        self.names, self.params = names, params
+        self.on_device = bool(optimizer.defaults.get("fused"))
+        device = params[0].device if params else torch.device("cpu")
+        self.found_inf = torch.zeros((), device=device)  # 1.0 from the first bad step on (never reset)
+        self.skipped = torch.zeros((), device=device)  # how many steps the optimizer skipped
+        self._one = torch.ones((), device=device)
+        if self.on_device:
+            optimizer.found_inf, optimizer.grad_scale = self.found_inf, None
+
+    def after_backward(self, step: int, loss: torch.Tensor) -> None:
+        """Call between ``backward()`` and ``optimizer.step()``."""
+        if not self.on_device:
+            value = loss.item()
+            if not math.isfinite(value):
+                raise self._diverged(step, step, f"the loss is {value}")
+            return
+        tensors = [loss.detach().reshape(1)] + [p.grad for p in self.params if p.grad is not None]
+        torch._amp_foreach_non_finite_check_and_unscale_(tensors, self.found_inf, self._one)
+        self.skipped.add_(self.found_inf)
+
+    def check(self, step: int) -> None:
+        """Raise :class:`Diverged` if any step up to ``step`` was not finite (one host transfer)."""
+        if self.on_device and (skipped := int(self.skipped.item())):
+            raise self._diverged(step - skipped + 1, step, "the loss or a gradient is not finite")
+
+    def _diverged(self, bad_step: int, step: int, what: str) -> Diverged:
+        culprit = first_nonfinite_grad(self.names, self.params)
+        if culprit:
+            where = f"first parameter with a non-finite gradient at step {step}: {culprit}"
+        else:  # checked later, on the device: this step's gradients are finite again
+            where = (f"the gradients of step {step}, when it was found, are finite (optim.fused=false checks every "
+                     f"step on the host and names the parameter)")
+        return Diverged(
+            f"training diverged at step {bad_step}: {what}; {where}. The weights were not updated with it "
+            f"(nor since). Lower optim.lr, pick a gentler init (init.std, init.value), clip gradients "
+            f"(trainer.clip_grad_norm), or check the data."
+        )
 
 
 def check_validation(step: int, val_loss: float, names: List[str], params: List[torch.nn.Parameter]) -> None:

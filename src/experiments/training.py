@@ -26,7 +26,7 @@ from .checkpoints import find_checkpoint, restore_checkpoint, run_dir_of, save_c
 from .data import Dataset
 from .errors import ConfigError, Interrupted
 from .experiment import build_experiment
-from .guards import InterruptGuard, check_finite, check_validation
+from .guards import DivergenceGuard, InterruptGuard, check_validation
 from .runs import FAILURE_FILE, WEIGHTS_FINAL, WEIGHTS_INIT
 from .summary import summary_markdown
 from .telemetry import tags
@@ -38,7 +38,21 @@ from .uses import UseViews
 log = logging.getLogger(__name__)
 
 
-CLASSES = ("classification", "next_token")  # tasks that predict a class (a token is a class): cross-entropy
+CLASSES = ("classification", "next_token")
+FUSED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)  # can skip a step on the device (found_inf)
+
+
+def make_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
+    """``cfg`` (the ``optim`` node) for ``params``. SGD, Adam and AdamW are made fused unless the
+    config says otherwise (``optim.fused``, ``optim.foreach``): a fused optimizer skips a non-finite
+    step on the device, so the divergence guard needs no host transfer per step."""
+    factory = instantiate(cfg)
+    cls = getattr(factory, "func", None)
+    fused = cfg.get("fused")
+    if fused is None and cls in FUSED and cfg.get("foreach") is None and all(
+            p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params):
+        return factory(params, fused=True)
+    return factory(params)  # tasks that predict a class (a token is a class): cross-entropy
 
 
 def loss_function(task: str):
@@ -77,7 +91,12 @@ class Run:
         self.model, self.data = self.exp.model, self.exp.data
         named = list(self.model.named_parameters())
         self.names, self.params = [n for n, _ in named], [p for _, p in named]
-        self.optimizer = instantiate(cfg.optim)(self.model.parameters())
+        self.optimizer = make_optimizer(cfg.optim, self.params)
+        self.guard = DivergenceGuard(self.optimizer, self.names, self.params)
+        self.check_every = cfg.trainer.check_every
+        if self.check_every < 1:
+            raise ConfigError(f"trainer.check_every={self.check_every}: must be at least 1 (steps between checks "
+                              f"for a non-finite loss or gradient).")
         self.loss_fn = loss_function(self.data.task)
         self.clip = cfg.trainer.clip_grad_norm
         if self.clip is not None and not self.clip > 0:
@@ -130,16 +149,18 @@ class Run:
     def train_epoch(self, interrupt: InterruptGuard) -> Dict[str, float]:
         """The rest of the epoch in progress, its validation, its checkpoint; the epoch's metrics."""
         started, epoch_start = time.perf_counter(), self.shuffle.get_state()
-        epoch_loss, done_here = 0.0, 0
+        epoch_loss, done_here = torch.zeros((), dtype=torch.float64, device=self.exp.device), 0
         self.model.train()
         for x, y in self.data.batches(self.shuffle, self.skip):
             self.step, self.skip, done_here = self.step + 1, self.skip + 1, done_here + 1
             epoch_loss += self.train_step(x, y)
             if interrupt.signum:
+                self.guard.check(self.step)
                 path = self.checkpoint(epoch_start, numbered=False)
                 raise Interrupted(f"stopped by {interrupt.name} at step {self.step}; checkpoint written to {path}.",
                                   interrupt.signum, self.run_dir)
-        metrics = {tags.LOSS_TRAIN_EPOCH: epoch_loss / max(done_here, 1), **evaluate(self.model.eval(), self.data)}
+        self.guard.check(self.step)
+        metrics = {tags.LOSS_TRAIN_EPOCH: epoch_loss.item() / max(done_here, 1), **evaluate(self.model.eval(), self.data)}
         self.val_loss = metrics[tags.LOSS_VAL]
         check_validation(self.step, self.val_loss, self.names, self.params)
         self.monitor.epoch_end(self.step, metrics)
@@ -150,26 +171,32 @@ class Run:
         self.checkpoint(self.shuffle.get_state(), numbered=every > 0 and (self.epoch - 1) % every == 0)
         return metrics
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One optimizer step, watched by the monitor; the batch's loss."""
-        self.monitor.before_forward(self.step)
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimizer step, watched by the monitor; the batch's loss, still on the device. A step
+        that logs nothing moves nothing to the host."""
+        step = self.step
+        logs = bool(self.monitor.due(step))
+        self.monitor.before_forward(step)
         out = self.model(x)
         loss = self.loss_fn(out, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        loss_value = check_finite(self.step, loss, self.names, self.params)
-        self.monitor.after_backward(self.step)
+        self.guard.after_backward(step, loss)
+        if logs or step % self.check_every == 0:
+            self.guard.check(step)  # before anything of a non-finite step is logged
+        self.monitor.after_backward(step)
         if self.clip is not None:
             nn.utils.clip_grad_norm_(self.params, self.clip)
         self.optimizer.step()
-        written = self.monitor.after_step(self.step, loss_value, out, y)
+        written = self.monitor.after_step(step, loss.detach(), out, y)
         if tags.LOSS_TRAIN in written:
             self.train_loss = written[tags.LOSS_TRAIN]
-        return loss_value
+        return loss.detach()
 
     def checkpoint(self, shuffle_state: torch.Tensor, numbered: bool) -> Path:
         """``checkpoints/last.pt`` (and a numbered copy) at the current step. ``shuffle_state`` is
         the shuffle generator's state at the start of the epoch in progress."""
+        self.monitor.flush()  # what was logged up to here is on disk before the checkpoint that resumes from it
         return save_checkpoint(self.run_dir, self.model, self.optimizer, step=self.step, epoch=self.epoch,
                                batch_in_epoch=self.skip, shuffle_state=shuffle_state,
                                config_yaml=self.config_yaml, numbered=numbered)

@@ -14,13 +14,13 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import text
 
 from ..errors import ConfigError
 from ..tying import tie_groups
 from ..uses import UseViews
 from . import activations, tied  # noqa: F401  (importing them registers their signals)
-from .events import ScalarWriter
+from .events import EventFile, ScalarWriter
 from .signals import SIGNALS, Signal, Watched
 from .summaries import hparams_summaries
 
@@ -52,12 +52,12 @@ class Monitor:
         self._last = total_steps or 0  # every signal also logs the last step: the final value is final
         self.classification = classification
         # purge_step: a resumed run drops what the interrupted one wrote after its checkpoint
-        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
-        self.record = ScalarWriter(self.writer)
+        self.events = EventFile(run_dir, purge_step=purge_step)
+        self.record = ScalarWriter(self.events)
         named = list(model.named_parameters())
-        self._run_dir, self._purge_step, self._sub_writers = Path(run_dir), purge_step, {}
+        self._run_dir, self._purge_step, self._sub_runs = Path(run_dir), purge_step, {}
         watched = Watched(model, [n for n, _ in named], [p for _, p in named], uses.groups if uses else tie_groups(model),
-                          classification, self.writer, uses, self.sub_writer)
+                          classification, self.events, uses, self.sub_run)
         self.signals: Dict[str, Signal] = {
             name: SIGNALS[name](watched) for name, every in self._every.items()
             if every and SIGNALS[name].applies(watched)
@@ -65,11 +65,11 @@ class Monitor:
         self._per_step = [s for s in self.signals.values() if type(s).every_step is not Signal.every_step]
         self._step, self._due, self._next = 0, [], 1  # _next: the next step any signal is due
 
-    def sub_writer(self, name: str) -> SummaryWriter:
-        """The writer of the sub-run ``<run>/<name>`` (TensorBoard shows it as a run of its own)."""
-        if name not in self._sub_writers:
-            self._sub_writers[name] = SummaryWriter(log_dir=str(self._run_dir / name), purge_step=self._purge_step)
-        return self._sub_writers[name]
+    def sub_run(self, name: str) -> EventFile:
+        """The event file of the sub-run ``<run>/<name>`` (TensorBoard shows it as a run of its own)."""
+        if name not in self._sub_runs:
+            self._sub_runs[name] = EventFile(self._run_dir / name, purge_step=self._purge_step)
+        return self._sub_runs[name]
 
     def due(self, step: int) -> List[Signal]:
         """The signals that log at ``step``: the first step (the initial state), every N, the last.
@@ -92,36 +92,47 @@ class Monitor:
 
     def after_backward(self, step: int) -> None:
         """Record what the gradients look like (call before ``optimizer.step()``)."""
-        for signal in self.due(step):
-            signal.after_backward(step, self.record)
+        due = self.due(step)
+        if due:
+            with torch.no_grad():
+                for signal in due:
+                    signal.after_backward(step, self.record)
 
-    def after_step(self, step: int, loss: float, output: Optional[torch.Tensor] = None,
+    def after_step(self, step: int, loss, output: Optional[torch.Tensor] = None,
                    target: Optional[torch.Tensor] = None) -> Dict[str, float]:
-        """Record the loss (a float: the loop already has it on the host) and what the due signals
-        see after ``optimizer.step()``; write the step's event. Returns what was written."""
+        """Record the loss (a detached device tensor; a float works too) and what the due signals see
+        after ``optimizer.step()``; write the step's event. Returns what was written. A quiet step
+        only adds the loss to a device tensor."""
         for signal in self._per_step:
             signal.every_step(loss, output, target)
-        for signal in self.due(step):
-            signal.after_step(step, self.record)
-        return self.record.flush(step)
+        due = self.due(step)
+        if not due and not self.record.pending:
+            return {}
+        with torch.no_grad():
+            for signal in due:
+                signal.after_step(step, self.record)
+            return self.record.flush(step)
 
     def epoch_end(self, step: int, metrics: Mapping[str, float]) -> None:
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, step)
-        self.writer.flush()
+        self.events.write_scalars(step, list(metrics), list(metrics.values()))
+        self.flush()
+
+    def flush(self) -> None:
+        """Everything logged so far onto disk (before a checkpoint: the two agree after a crash)."""
+        for events in [self.events, *self._sub_runs.values()]:
+            events.flush()
 
     def text(self, tag: str, markdown: str) -> None:
-        self.writer.add_text(tag, markdown, 0)
+        self.events.write_summary(text(tag, markdown), 0)
 
     def hparams(self, values: Mapping[str, object], metrics: Sequence[str], name: str) -> None:
         """HParams summaries in the run's own folder (not a sub-folder: TensorBoard would show a
         second run), the session named ``name``; ``metrics`` are tags of this run's curves."""
         for summary in hparams_summaries(values, metrics, name):
-            self.writer._get_file_writer().add_summary(summary)
+            self.events.write_summary(summary)
 
     def close(self) -> None:
         for signal in self.signals.values():
             signal.close()
-        for writer in [self.writer, *self._sub_writers.values()]:
-            writer.flush()
-            writer.close()
+        for events in [self.events, *self._sub_runs.values()]:
+            events.close()

@@ -30,12 +30,12 @@ from typing import Callable, ClassVar, Dict, List, Optional, Type
 
 import torch
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import histogram
 
 from ..tying import TieGroup
 from ..uses import UseViews
 from . import tags
-from .events import ScalarWriter
+from .events import HISTOGRAM_BINS, EventFile, ScalarWriter
 
 
 @dataclass
@@ -49,16 +49,16 @@ class SignalConfig:
 
 @dataclass
 class Watched:
-    """What every signal sees: the model, its unique parameters, its ties, the run's writer."""
+    """What every signal sees: the model, its unique parameters, its ties, the run's event file."""
 
     model: nn.Module
     names: List[str]  # as named_parameters() names them
     params: List[nn.Parameter]
     groups: List[TieGroup]  # the tied parameters
     classification: bool
-    writer: SummaryWriter
+    events: EventFile
     uses: Optional[UseViews] = None  # the per-use views of the tied parameters, if the run made them
-    sub_writer: Optional[Callable[[str], SummaryWriter]] = None  # a writer for the sub-run <run>/<name>
+    sub_run: Optional[Callable[[str], EventFile]] = None  # the event file of the sub-run <run>/<name>
 
 
 SIGNALS: Dict[str, Type["Signal"]] = {}
@@ -115,14 +115,14 @@ class Loss(Signal):
         self._sum, self._acc, self._steps = 0.0, None, 0
 
     def every_step(self, loss, output, target) -> None:
-        self._sum += loss  # a float: the loop already has it on the host
+        self._sum = self._sum + loss  # a device tensor (one add, no transfer) or a float
         if self.watched.classification and output is not None:
             acc = (output.detach().argmax(-1) == target).float().mean()
             self._acc = acc if self._acc is None else self._acc + acc
         self._steps += 1
 
     def after_step(self, step, record) -> None:
-        record.add(tags.LOSS_TRAIN, torch.tensor(self._sum / self._steps))
+        record.add(tags.LOSS_TRAIN, torch.as_tensor(self._sum / self._steps))
         if self._acc is not None:
             record.add(tags.ACC_TRAIN, self._acc / self._steps)
         self._sum, self._acc, self._steps = 0.0, None, 0
@@ -177,8 +177,8 @@ class Histograms(Signal):
     def after_backward(self, step, record) -> None:
         for name, p in zip(self.watched.names, self.watched.params):
             if p.grad is not None:
-                self.watched.writer.add_histogram(tags.grad_histogram(name), p.grad.detach(), step)
+                self.watched.events.write_summary(histogram(tags.grad_histogram(name), p.grad.detach(), HISTOGRAM_BINS), step)
 
     def after_step(self, step, record) -> None:
         for name, p in zip(self.watched.names, self.watched.params):
-            self.watched.writer.add_histogram(tags.param_histogram(name), p.detach(), step)
+            self.watched.events.write_summary(histogram(tags.param_histogram(name), p.detach(), HISTOGRAM_BINS), step)

@@ -15,6 +15,7 @@ from typing import Dict, List
 
 import torch
 from torch import nn
+from torch.utils.tensorboard.summary import custom_scalars
 
 from ..errors import TieGradientMismatch
 from ..tying import TieGroup
@@ -96,7 +97,7 @@ class Tied(Signal):
         owners = module_sites(watched.model)
         embedded = {id(p) for m in owners if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
         self._rows = {g.canonical for g in watched.groups if id(g.param) in embedded}
-        watched.writer.add_custom_scalars(tied_layout(watched.groups))
+        watched.events.write_summary(custom_scalars(tied_layout(watched.groups)))
 
     def before_forward(self, step) -> None:
         self.uses.start_capture()
@@ -114,10 +115,9 @@ class Tied(Signal):
                                                                    rows=group.canonical in self._rows)
                 record.extend(names, values)
                 record.check(error, tolerance, partial(mismatch, group.canonical, list(uses)))
-                if self.watched.sub_writer:  # the same norms again, each in its use's sub-run (one colour each)
+                if self.watched.sub_run:  # the same norms again, each in its use's sub-run (one colour each)
                     for i, alias in enumerate(uses):
-                        record.add(tags.tied_grad_norm(group.canonical), values[i],
-                                   writer=self.watched.sub_writer(use_run(alias)))
+                        record.add(tags.tied_grad_norm(group.canonical), values[i], self.watched.sub_run(use_run(alias)))
 
     def close(self) -> None:
         self.uses.stop_capture()
