@@ -4,7 +4,7 @@
     python scripts/inspect_params.py model=mlp layer=2                        # net[2].state_dict(), as the seed prints it
     python scripts/inspect_params.py model=nested param="0.block 1.2.weight"  # one parameter's values (and .grad)
     python scripts/inspect_params.py model=tied format=json                   # the same content as JSON
-    python scripts/inspect_params.py run=outputs/2026-11-22/10-30-00 compare=init   # a run's final weights vs its initial
+    python scripts/inspect_params.py run=outputs/2026-11-22/10-30-00.412345-tied-xavier compare=init   # a run's final weights vs its initial
     python scripts/inspect_params.py run=<run folder> weights=step_00000320          # a named checkpoint
 
 Every other argument is a Hydra override, as for train.py.

@@ -1,5 +1,6 @@
 """End to end: the real Hydra CLI in a subprocess, its event files read with TensorBoard's reader."""
 
+import re
 
 import pytest
 import torch
@@ -15,10 +16,27 @@ TIED_PARAMS = ["0.weight", "0.bias", "2.weight", "2.bias", "6.weight", "6.bias"]
 
 @pytest.fixture(scope="module")
 def tied_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("tied") / "run"
-    result = run_cli(["init=xavier", "model=tied", f"hydra.run.dir={run_dir}"])
+    """``python train.py init=xavier model=tied`` in a fresh folder, into the default run folder."""
+    cwd = tmp_path_factory.mktemp("tied")
+    result = run_cli(["init=xavier", "model=tied"], cwd=cwd)
     assert result.returncode == 0, result.stderr
+    (run_dir,) = (cwd / "outputs").glob("*/*")
     return run_dir, result
+
+
+def test_a_run_is_named_by_its_model_and_init_in_tensorboard(tied_run):
+    """outputs/<date>/<time>-<model>-<init>, and the printed tensorboard command lists the run under
+    that name (TensorBoard's own run discovery), not as '.'."""
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+
+    run_dir, result = tied_run
+    assert re.fullmatch(r"\d{2}-\d{2}-\d{2}\.\d{6}-tied-xavier", run_dir.name), run_dir.name
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_dir.parent.name)
+    printed = re.search(r"see it with: tensorboard --logdir (\S+)  \(this run: (\S+)\)", result.stdout + result.stderr)
+    assert printed and printed.group(1) == f"outputs/{run_dir.parent.name}", result.stdout[-500:]
+    logdir = run_dir.parents[2] / printed.group(1)  # relative to the folder the user ran in
+    runs = EventMultiplexer().AddRunsFromDirectory(str(logdir)).Runs()
+    assert printed.group(2) == run_dir.name and list(runs) == [run_dir.name]
 
 
 def test_tied_xavier_writes_every_tag(tied_run):

@@ -5,7 +5,7 @@ Notebook use::
     from experiments import compose_model, load_run, parameter_table
     exp = compose_model(["model=tied", "init=xavier"])      # built, materialized, initialized
     rows = parameter_table(exp.model, exp.init_rules)        # one dict per unique parameter
-    run = load_run("outputs/2026-11-22/10-30-00")            # a finished run's model, ties verified
+    run = load_run("outputs/2026-11-22/10-30-00.412345-tied-xavier")   # a finished run's model, ties verified
 """
 
 from __future__ import annotations

@@ -50,6 +50,22 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 
 
+def tensorboard_command(run_dir: Path) -> str:
+    """The command that shows this run in TensorBoard under a readable name.
+
+    ``tensorboard --logdir <run>`` would list the run as ``.``; its parent folder lists it by its
+    folder name (``10-30-00.412345-tied-xavier``, or a sweep job's ``init=xavier,model=tied``),
+    next to its neighbours (that day's runs, the sweep's other jobs).
+    """
+    run_dir = Path(run_dir).resolve()
+    parent = run_dir.parent
+    try:
+        shown = parent.relative_to(Path.cwd().resolve()) or Path(".")
+    except ValueError:
+        shown = parent
+    return f"tensorboard --logdir {shown}  (this run: {run_dir.name})"
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR
 

@@ -25,7 +25,7 @@ from .data import Dataset
 from .errors import ConfigError, Interrupted
 from .experiment import build_experiment
 from .guards import InterruptGuard, check_finite, check_validation
-from .runs import FAILURE_FILE, WEIGHTS_FINAL, WEIGHTS_INIT
+from .runs import FAILURE_FILE, WEIGHTS_FINAL, WEIGHTS_INIT, tensorboard_command
 from .summary import summary_markdown
 from .telemetry import tags
 from .telemetry.monitor import Monitor, cadences
@@ -159,7 +159,7 @@ class Run:
             self.val_loss = evaluate(self.model.eval(), self.data)["loss/val"]
         save_weights(self.model, self.run_dir / WEIGHTS_FINAL)
         (self.run_dir / FAILURE_FILE).unlink(missing_ok=True)  # a resumed run that finishes is no longer a failure
-        log.info("done: loss/val %.6f; see it with: tensorboard --logdir %s", self.val_loss, self.run_dir)
+        log.info("done: loss/val %.6f; see it with: %s", self.val_loss, tensorboard_command(self.run_dir))
         return self.val_loss
 
 
