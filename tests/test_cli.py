@@ -1,6 +1,7 @@
 """End to end: the real Hydra CLI in a subprocess, its event files read with TensorBoard's reader."""
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,3 +166,28 @@ def test_all_signals_write_every_tag(tmp_path):
         r"tied/2\.weight/grad_norm", r"tied/2\.weight/use/2\.weight/grad_norm", r"tied/2\.weight/use/4\.weight/grad_norm"]
     summary = acc.Tensors("summary/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "| 2.weight | 2.weight, 4.weight | (8, 8) | 64 | 2 |" in summary and "**121**" in summary
+
+
+def test_help_lists_the_users_groups_and_the_launchers_not_the_schemas():
+    """``python train.py model=tied --help``: every group of conf/ with exactly its options (the chosen one
+    starred), the launchers and sweepers with example commands, the config that command would run;
+    none of the internal schema/* groups."""
+    result = run_cli(["model=tied", "--help"])
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "schema" not in out
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    groups = [p for p in sorted(conf.iterdir()) if p.is_dir() and p.name != "hydra"]
+    assert {"model", "init", "data", "hparams_search"} <= {g.name for g in groups}
+    chosen = {"model": "tied", "init": "default", "data": "synthetic", "optim": "sgd", "trainer": "default",
+              "telemetry": "default"}
+    for group in groups:
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        listed = re.search(rf"^  {group.name}: (.*)$", out, re.MULTILINE)
+        assert listed, f"group {group.name} missing from --help"
+        assert listed.group(1) == ", ".join(o + "*" * (o == chosen.get(group.name)) for o in options)
+    launchers = re.search(r"^  hydra/launcher: (.*)$", out, re.MULTILINE).group(1).replace("*", "").split(", ")
+    assert {"basic", "joblib", "submitit_local", "cluster"} <= set(launchers)
+    assert "optuna" in re.search(r"^  hydra/sweeper: (.*)$", out, re.MULTILINE).group(1)
+    assert "python train.py -m hparams_search=optuna" in out and "python train.py -m hydra/launcher=joblib" in out
+    assert re.search(r"^model:\n  name: tied$", out, re.MULTILINE)  # the composed config of this command

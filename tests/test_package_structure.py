@@ -19,7 +19,7 @@ LAYERS = [  # bottom first; names relative to the package, globs allowed
     ["tying", "uses", "layers", "models", "initialization", "summary", "data", "data.*", "runs", "checkpoints",
      "guards"],  # parts
     ["telemetry.*"],  # watching a model train
-    ["experiment", "config"],  # an experiment set up from its config
+    ["experiment", "config", "cli_help"],  # an experiment set up from its config
     ["training"],  # the loop
     ["failures", "sweeps", "report", "report_figures", "inspection", "benchmark"],  # what runs or reads runs
 ]

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from .cli_help import register_help_resolver
 from .data import DataConfig
 from .runs import register_resolvers
 from .telemetry.monitor import SIGNALS
@@ -136,6 +137,7 @@ def register_configs() -> None:
         group, _, name = f"schema/{path}".rpartition("/")
         cs.store(group=group, name=name, node=node)
     register_resolvers()
+    register_help_resolver()
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
