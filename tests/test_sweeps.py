@@ -83,6 +83,25 @@ def test_sweep_jobs_are_named_by_their_overrides(basic_sweep):
         assert (folder / job / "weights_final.pt").exists()
 
 
+def summary_of(result: subprocess.CompletedProcess) -> str:
+    """The sweep's closing summary: its last lines, from 'sweep finished' on."""
+    out = result.stdout + result.stderr
+    assert "sweep finished: " in out, out[-1000:]
+    return out[out.rindex("sweep finished: "):]
+
+
+def test_a_successful_sweep_ends_with_a_summary(basic_sweep):
+    """Counts, the best job (checked against the event files) with its loss/val, the report command."""
+    folder, result = basic_sweep
+    summary = summary_of(result)
+    finals = {job: last_values(folder / job)["loss/val"][1] for job in JOBS}
+    best = min(finals, key=finals.get)
+    assert summary.startswith(f"sweep finished: 4 job(s) in {folder.relative_to(folder.parents[3])}: 4 ok\n")
+    assert f"  best: {best}  loss/val {finals[best]:.6g}\n" in summary
+    assert f"  report: python scripts/report.py {folder.relative_to(folder.parents[3])}" in summary
+    assert "failed" not in summary
+
+
 def test_hparams_tab_has_a_session_per_job_with_its_settings(basic_sweep):
     """What TensorBoard's HParams plugin serves for the sweep: one session per job, with the
     job's choices and its final loss/val."""
@@ -178,7 +197,11 @@ def test_failing_jobs_do_not_sink_the_sweep(tmp_path):
         else:
             reason = (path / "failure.txt").read_text()
             assert ("diverged" in reason) if "ReLU" in name else ("Softmax2d" in reason)
-            assert name in result.stdout + result.stderr  # the sweep's last words name each failed job
+            assert f"  failed: {name}: " in summary_of(result)  # the sweep's last words name each failed job
+    summary = summary_of(result)
+    assert ": 2 ok, 4 failed\n" in summary.splitlines()[0] + "\n" and "4 job(s) failed" in summary
+    finals = {name: last_values(jobs[name])["loss/val"][1] for name in ok}
+    assert f"  best: {min(finals, key=finals.get)}  loss/val " in summary
     report(folder, "--no-figures", returncode=1)
     rows = read_csv(folder)
     ranked = sorted(rows.values(), key=lambda r: int(r["rank"]))
