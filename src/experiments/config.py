@@ -102,6 +102,7 @@ class TrainerConfig:
     checkpoint_every: int = 1  # epochs between numbered checkpoints (0: only checkpoints/last.pt)
     resume: Optional[str] = None  # a run folder, a checkpoint file, or "auto" (this run folder's last.pt)
     freeze: List[str] = field(default_factory=list)  # globs of parameter names that are not trained
+    progress_every_s: float = 10.0  # a progress line (step/steps, rate, ETA) within an epoch this often; 0: none
     clip_grad_norm: Optional[float] = None  # clip the total gradient norm to this (grad_norm/total logs it before)
 
 

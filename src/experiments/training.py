@@ -25,6 +25,7 @@ from .data import Dataset
 from .errors import ConfigError, Interrupted
 from .experiment import build_experiment
 from .guards import InterruptGuard, check_finite, check_validation
+from .progress import Progress
 from .runs import FAILURE_FILE, WEIGHTS_FINAL, WEIGHTS_INIT, tensorboard_command
 from .summary import summary_markdown
 from .telemetry import tags
@@ -111,10 +112,15 @@ class Run:
         """The rest of the epoch in progress, its validation, its checkpoint; the epoch's metrics."""
         started, epoch_start = time.perf_counter(), self.shuffle.get_state()
         epoch_loss, done_here = 0.0, 0
+        steps, epochs = self.data.steps_per_epoch(), self.cfg.trainer.epochs
+        progress = Progress(steps, self.skip, self.cfg.trainer.progress_every_s, f"{self.epoch}/{epochs}",
+                            later=steps * (epochs - self.epoch))
         self.model.train()
         for x, y in self.data.batches(self.shuffle, self.skip):
             self.step, self.skip, done_here = self.step + 1, self.skip + 1, done_here + 1
             epoch_loss += self.train_step(x, y)
+            if self.skip >= progress.due:  # the only cost of progress lines on most steps
+                progress.check(self.skip)
             if interrupt.signum:
                 path = self.checkpoint(epoch_start, numbered=False)
                 raise Interrupted(f"stopped by {interrupt.name} at step {self.step}; checkpoint written to {path}.",
