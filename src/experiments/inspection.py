@@ -112,6 +112,14 @@ def report(exp: Experiment, layer_name: Optional[str] = None, param_name: Option
     return out
 
 
+def _state_dict_note(t: Mapping[str, int], tied: bool) -> str:
+    """Why the ``state_dict`` count differs from the unique count, when it does."""
+    if t["state_dict_numbers"] == t["unique_numbers"] and t["state_dict_entries"] == t["unique_tensors"]:
+        return ""
+    return " (more than the unique count: a tied parameter is listed under each of its names)" if tied \
+        else " (buffers included, e.g. BatchNorm running statistics)"
+
+
 def render_text(data: Mapping[str, Any]) -> str:
     """The inspect command's terminal output."""
     lines = ["== module tree (print(model)) ==", data["tree"], "", "== parameters (one row per unique parameter) =="]
@@ -128,8 +136,8 @@ def render_text(data: Mapping[str, Any]) -> str:
     lines += ["", "== totals ==",
               f"unique parameters: {t['unique_tensors']} tensors, {t['unique_numbers']} numbers "
               f"({t['trainable_numbers']} trainable)",
-              f"state_dict: {t['state_dict_entries']} entries, {t['state_dict_numbers']} numbers "
-              f"(more than the unique count when layers are tied)",
+              f"state_dict: {t['state_dict_entries']} entries, {t['state_dict_numbers']} numbers"
+              + _state_dict_note(t, bool(data["ties"])),
               "", "== tie groups =="]
     lines += [f"{name}: {', '.join(aliases)}" for name, aliases in data["ties"].items()] or ["none"]
     if "layer" in data:

@@ -74,11 +74,20 @@ class UniqueSweepDir(Callback):
         log.info("sweep folder: %s  (report: python scripts/report.py %s)", claimed, claimed)
 
 
+def remove_empty_id_templates(sweep_dir: Path) -> None:
+    """submitit's local launcher creates its folder template ``.submitit/%j`` literally (the jobs' files
+    go to ``.submitit/<job id>/``); remove such a folder when it is empty."""
+    for folder in sweep_dir.glob(".submitit/*%*"):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 class SweepSummary(Callback):
     """At the end of a sweep, successful or not: a summary, and a non-zero exit if any job failed."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        remove_empty_id_templates(sweep_dir)
         logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its reader's "No path found after ..."
         try:
             jobs = load_jobs(sweep_dir)  # best loss/val first; reads the event files
