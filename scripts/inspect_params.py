@@ -11,7 +11,9 @@ Every other argument is a Hydra override, as for train.py.
 """
 
 import sys
+from pathlib import Path
 
+CONF = Path(__file__).resolve().parents[1] / "conf"  # this project's, as train.py uses the conf/ beside it
 OPTIONS = {"layer", "param", "format", "run", "weights", "compare"}
 
 
@@ -42,7 +44,7 @@ def main(argv):
         else:
             if "compare" in options or "weights" in options:
                 raise ConfigError("compare= and weights= need run=<run folder>.")
-            exp = compose_model(overrides)
+            exp = compose_model(overrides, conf_dir=CONF)
         data = report(exp, options.get("layer"), options.get("param"), reference)
     except ExperimentError as e:
         print(f"error: {e}", file=sys.stderr)

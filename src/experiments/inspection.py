@@ -27,9 +27,10 @@ from .runs import saved_config, weights_path
 from .summary import parameter_rows, totals
 
 
-def compose_model(overrides: Sequence[str] = (), device: str = "cpu") -> Experiment:
-    """The model a run with these overrides starts from: same names, same initial values."""
-    cfg = compose_config([*overrides, f"trainer.device={device}"])
+def compose_model(overrides: Sequence[str] = (), device: str = "cpu", conf_dir: Optional[Path] = None) -> Experiment:
+    """The model a run with these overrides starts from: same names, same initial values
+    (composed from ``conf_dir``, by default the ``conf/`` of the project the user stands in)."""
+    cfg = compose_config([*overrides, f"trainer.device={device}"], conf_dir)
     return build_experiment(cfg)
 
 
