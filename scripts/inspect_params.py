@@ -4,14 +4,16 @@
     python scripts/inspect_params.py model=mlp layer=2                        # net[2].state_dict(), as the seed prints it
     python scripts/inspect_params.py model=nested param="0.block 1.2.weight"  # one parameter's values (and .grad)
     python scripts/inspect_params.py model=tied format=json                   # the same content as JSON
-    python scripts/inspect_params.py run=outputs/2026-11-22/10-30-00 compare=init   # a run's final weights vs its initial
+    python scripts/inspect_params.py run=outputs/2026-11-22/10-30-00.412345-tied-xavier compare=init   # a run's final weights vs its initial
     python scripts/inspect_params.py run=<run folder> weights=step_00000320          # a named checkpoint
 
 Every other argument is a Hydra override, as for train.py.
 """
 
 import sys
+from pathlib import Path
 
+CONF = Path(__file__).resolve().parents[1] / "conf"  # this project's, as train.py uses the conf/ beside it
 OPTIONS = {"layer", "param", "format", "run", "weights", "compare"}
 
 
@@ -42,7 +44,7 @@ def main(argv):
         else:
             if "compare" in options or "weights" in options:
                 raise ConfigError("compare= and weights= need run=<run folder>.")
-            exp = compose_model(overrides)
+            exp = compose_model(overrides, conf_dir=CONF)
         data = report(exp, options.get("layer"), options.get("param"), reference)
     except ExperimentError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Compare the runs of a sweep (or look at one run): a table, a CSV and figures.
 
     python scripts/report.py outputs/multirun/2026-11-22/10-54-38   # a sweep folder
-    python scripts/report.py outputs/2026-11-22/10-30-00             # a single run's folder
+    python scripts/report.py outputs/2026-11-22/10-30-00.412345-tied-xavier   # a single run's folder
     python scripts/report.py <folder> --no-figures                   # only report.md and report.csv
 
 Writes report.md, report.csv and PNG figures into the folder and prints the table. Exits 1 if a

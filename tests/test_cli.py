@@ -1,5 +1,7 @@
 """End to end: the real Hydra CLI in a subprocess, its event files read with TensorBoard's reader."""
 
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,10 +17,28 @@ TIED_PARAMS = ["0.weight", "0.bias", "2.weight", "2.bias", "6.weight", "6.bias"]
 
 @pytest.fixture(scope="module")
 def tied_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("tied") / "run"
-    result = run_cli(["init=xavier", "model=tied", f"hydra.run.dir={run_dir}"])
+    """``python train.py init=xavier model=tied`` in a fresh folder, into the default run folder."""
+    cwd = tmp_path_factory.mktemp("tied")
+    result = run_cli(["init=xavier", "model=tied"], cwd=cwd)
     assert result.returncode == 0, result.stderr
+    (run_dir,) = (cwd / "outputs").glob("*/*")
     return run_dir, result
+
+
+def test_a_run_is_named_by_its_model_and_init_in_tensorboard(tied_run):
+    """outputs/<date>/<time>-<model>-<init>, and the printed tensorboard command lists the run under
+    that name (TensorBoard's own run discovery), not as '.'."""
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+
+    run_dir, result = tied_run
+    assert re.fullmatch(r"\d{2}-\d{2}-\d{2}\.\d{6}-tied-xavier", run_dir.name), run_dir.name
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_dir.parent.name)
+    printed = re.search(r"see it with: tensorboard --logdir (\S+)  \(this run: (\S+)\)", result.stdout + result.stderr)
+    assert printed and printed.group(1) == f"outputs/{run_dir.parent.name}", result.stdout[-500:]
+    logdir = run_dir.parents[2] / printed.group(1)  # relative to the folder the user ran in
+    runs = EventMultiplexer().AddRunsFromDirectory(str(logdir)).Runs()
+    assert printed.group(2) == run_dir.name  # the run, and the sub-runs that draw each use of its tied layer
+    assert sorted(runs) == [run_dir.name, f"{run_dir.name}/uses/2", f"{run_dir.name}/uses/4"]
 
 
 def test_tied_xavier_writes_every_tag(tied_run):
@@ -168,3 +188,28 @@ def test_all_signals_write_every_tag(tmp_path):
             assert own == [(e.step, e.value) for e in acc.Scalars(f"tied/2.{leaf}/use/{site}.{leaf}/grad_norm")]
     summary = acc.Tensors("summary/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "| 2.weight | 2.weight, 4.weight | (8, 8) | 64 | 2 |" in summary and "**121**" in summary
+
+
+def test_help_lists_the_users_groups_and_the_launchers_not_the_schemas():
+    """``python train.py model=tied --help``: every group of conf/ with exactly its options (the chosen one
+    starred), the launchers and sweepers with example commands, the config that command would run;
+    none of the internal schema/* groups."""
+    result = run_cli(["model=tied", "--help"])
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "schema" not in out
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    groups = [p for p in sorted(conf.iterdir()) if p.is_dir() and p.name != "hydra"]
+    assert {"model", "init", "data", "hparams_search"} <= {g.name for g in groups}
+    chosen = {"model": "tied", "init": "default", "data": "synthetic", "optim": "sgd", "trainer": "default",
+              "telemetry": "default"}
+    for group in groups:
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        listed = re.search(rf"^  {group.name}: (.*)$", out, re.MULTILINE)
+        assert listed, f"group {group.name} missing from --help"
+        assert listed.group(1) == ", ".join(o + "*" * (o == chosen.get(group.name)) for o in options)
+    launchers = re.search(r"^  hydra/launcher: (.*)$", out, re.MULTILINE).group(1).replace("*", "").split(", ")
+    assert {"basic", "joblib", "submitit_local", "cluster"} <= set(launchers)
+    assert "optuna" in re.search(r"^  hydra/sweeper: (.*)$", out, re.MULTILINE).group(1)
+    assert "python train.py -m hparams_search=optuna" in out and "python train.py -m hydra/launcher=joblib" in out
+    assert re.search(r"^model:\n  name: tied$", out, re.MULTILINE)  # the composed config of this command

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from conftest import read_events, run_cli
-from experiments.errors import ConfigError, DataError
+from experiments.errors import ConfigError, DataError, Diverged
 from experiments.data import load_data
+from experiments.training import train
 from experiments.data.fashion_mnist import FILES, IDXError, download, read_idx
 
 
@@ -108,12 +109,54 @@ def test_csv_regression_standardizes_with_training_rows(tmp_path, make_cfg):
     assert data.train_x.shape == (16, 2) and data.val_x.shape == (4, 2) and data.num_outputs == 1
     torch.testing.assert_close(data.train_x.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
     torch.testing.assert_close(data.train_x.std(0), torch.ones(2))
-    # Undo the standardization with the training rows' statistics: the raw values come back.
-    raw_train = data.train_y / 3  # a = y / 3 for every row
+    # The target too, and in_target_units gives the file's values back.
+    torch.testing.assert_close(data.train_y.mean(0), torch.zeros(1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(data.train_y.std(0), torch.ones(1))
+    raw_train_y, raw_val_y = data.in_target_units(data.train_y), data.in_target_units(data.val_y)
+    assert sorted((raw_train_y.flatten() / 3).round().int().tolist() + (raw_val_y.flatten() / 3).round().int().tolist()) \
+        == list(range(20))
+    # Undo the features' standardization with the training rows' statistics: the raw values come back.
+    raw_train = raw_train_y / 3  # a = y / 3 for every row
     a_mean, a_std = raw_train.mean(), raw_train.std()
-    torch.testing.assert_close(data.val_x[:, 0] * a_std + a_mean, data.val_y[:, 0] / 3, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(data.val_x[:, 0] * a_std + a_mean, raw_val_y[:, 0] / 3, rtol=1e-4, atol=1e-4)
+    raw = load_data(make_cfg(["data=csv", f"data.path={path}", "data.target=y", "data.standardize_target=false"]).data, 0)
+    torch.testing.assert_close(raw.val_y, raw_val_y)
+    assert raw.target_std is None and raw.in_target_units(raw.val_y) is raw.val_y
     data_b = load_data(make_cfg(["data=csv", f"data.path={path}", "data.target=y", "data.features=[b]"]).data, 0)
     assert data_b.train_x.shape == (16, 1)
+
+
+def write_houses(path, rows=500):
+    """A realistic house-price table: prices (in thousands) around 500, spread about 140."""
+    rng = np.random.default_rng(0)
+    sqft, bedrooms, bathrooms = rng.uniform(700, 3500, rows), rng.integers(1, 6, rows), rng.integers(1, 4, rows)
+    age, distance = rng.uniform(0, 80, rows), rng.uniform(1, 40, rows)
+    price = 200 + 0.16 * sqft + 12 * bedrooms + 15 * bathrooms - 1.1 * age - 3.0 * distance + rng.normal(0, 25, rows)
+    lines = ["sqft,bedrooms,bathrooms,age,distance_km,price"] + [
+        f"{s:.0f},{b},{ba},{a:.0f},{d:.1f},{p:.1f}" for s, b, ba, a, d, p in zip(sqft, bedrooms, bathrooms, age,
+                                                                               distance, price)]
+    return write_csv(path, "\n".join(lines) + "\n"), price
+
+
+def test_readme_house_price_example_converges_at_the_default_lr(tmp_path, make_cfg):
+    """``python train.py data=csv data.path=houses.csv data.target=price`` (the README's example, default
+    model and lr): the standardized target trains; the raw target (the old behaviour) diverges."""
+    path, price = write_houses(tmp_path / "houses.csv")
+    assert 450 < price.mean() < 550 and price.std() > 100
+    readme = ["data=csv", f"data.path={path}", "data.target=price"]
+    val_loss = train(make_cfg(readme), tmp_path / "run")
+    assert val_loss < 0.15  # standardized units: predicting the mean scores 1; the noise floor is about 0.03
+    # The documented relation: loss x std^2 is the MSE of the predictions in the target's own units (prices).
+    cfg = make_cfg(readme)
+    data = load_data(cfg.data, cfg.trainer.seed)
+    model = torch.load(tmp_path / "run" / "weights_final.pt", weights_only=True)["state_dict"]
+    hidden = torch.relu(data.val_x @ model["0.weight"].T + model["0.bias"])
+    prediction = data.in_target_units(hidden @ model["2.weight"].T + model["2.bias"])
+    raw_val = data.in_target_units(data.val_y)
+    mse_in_prices = ((prediction - raw_val) ** 2).mean().item()
+    assert mse_in_prices == pytest.approx(val_loss * data.target_std.item() ** 2, rel=1e-3)
+    with pytest.raises(Diverged, match="diverged at step"):
+        train(make_cfg([*readme, "data.standardize_target=false"]), tmp_path / "raw")
 
 
 def test_csv_classification_with_named_classes(tmp_path, make_cfg):

@@ -21,13 +21,16 @@ def test_text_output_has_the_seed_facts():
     for fact in ["0.weight  0.weight  (8, 4)  32", "2.weight  2.weight  (1, 8)  8", "2.bias    2.bias    (1,)    1",
                  "unique parameters: 4 tensors, 49 numbers", "OrderedDict([('weight', tensor([["]:
         assert fact in out, fact
+    assert "state_dict: 4 entries, 49 numbers\n" in out  # untied: no note about ties
     nested = inspect("model=nested", "param=0.block 1.2.weight").stdout
     assert "(block 3): Sequential(" in nested and "(1): Linear(in_features=4, out_features=1, bias=True)" in nested
     assert "309 numbers" in nested and "== 0.block 1.2.weight (4, 8) ==" in nested
     assert "grad: None" in nested  # the seed's `net[2].weight.grad == None`
     tied = inspect("model=tied", "init=xavier").stdout
     assert "2.weight  2.weight, 4.weight  (8, 8)  64" in tied
-    assert "unique parameters: 6 tensors, 121 numbers" in tied and "state_dict: 8 entries, 193 numbers" in tied
+    assert "unique parameters: 6 tensors, 121 numbers" in tied
+    assert "state_dict: 8 entries, 193 numbers (more than the unique count: a tied parameter is listed under each " \
+           "of its names)" in tied
     assert "2.weight: 2.weight, 4.weight" in tied and "xavier_uniform_()" in tied
 
 

@@ -17,9 +17,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [  # bottom first; names relative to the package, globs allowed
     ["experiments", "errors", "targets", "telemetry", "telemetry.tags"],  # vocabulary: no logic to depend on
     ["tying", "uses", "layers", "models", "initialization", "summary", "data", "data.*", "runs", "checkpoints",
-     "guards"],  # parts
+     "guards", "progress"],  # parts
     ["telemetry.*"],  # watching a model train
-    ["experiment", "config"],  # an experiment set up from its config
+    ["experiment", "config", "cli_help"],  # an experiment set up from its config
     ["training"],  # the loop
     ["failures", "sweeps", "report", "report_figures", "inspection", "benchmark"],  # what runs or reads runs
 ]

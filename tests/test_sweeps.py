@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,25 @@ def test_sweep_jobs_are_named_by_their_overrides(basic_sweep):
     for job in jobs:
         assert list((folder / job).glob("events.out.tfevents.*"))
         assert (folder / job / "weights_final.pt").exists()
+
+
+def summary_of(result: subprocess.CompletedProcess) -> str:
+    """The sweep's closing summary: its last lines, from 'sweep finished' on."""
+    out = result.stdout + result.stderr
+    assert "sweep finished: " in out, out[-1000:]
+    return out[out.rindex("sweep finished: "):]
+
+
+def test_a_successful_sweep_ends_with_a_summary(basic_sweep):
+    """Counts, the best job (checked against the event files) with its loss/val, the report command."""
+    folder, result = basic_sweep
+    summary = summary_of(result)
+    finals = {job: last_values(folder / job)["loss/val"][1] for job in JOBS}
+    best = min(finals, key=finals.get)
+    assert summary.startswith(f"sweep finished: 4 job(s) in {folder.relative_to(folder.parents[3])}: 4 ok\n")
+    assert f"  best: {best}  loss/val {finals[best]:.6g}\n" in summary
+    assert f"  report: python scripts/report.py {folder.relative_to(folder.parents[3])}" in summary
+    assert "failed" not in summary
 
 
 def test_hparams_tab_has_a_session_per_job_with_its_settings(basic_sweep):
@@ -181,7 +201,11 @@ def test_failing_jobs_do_not_sink_the_sweep(tmp_path):
         else:
             reason = (path / "failure.txt").read_text()
             assert ("diverged" in reason) if "ReLU" in name else ("Softmax2d" in reason)
-            assert name in result.stdout + result.stderr  # the sweep's last words name each failed job
+            assert f"  failed: {name}: " in summary_of(result)  # the sweep's last words name each failed job
+    summary = summary_of(result)
+    assert ": 2 ok, 4 failed\n" in summary.splitlines()[0] + "\n" and "4 job(s) failed" in summary
+    finals = {name: last_values(jobs[name])["loss/val"][1] for name in ok}
+    assert f"  best: {min(finals, key=finals.get)}  loss/val " in summary
     report(folder, "--no-figures", returncode=1)
     rows = read_csv(folder)
     ranked = sorted(rows.values(), key=lambda r: int(r["rank"]))
@@ -189,6 +213,11 @@ def test_failing_jobs_do_not_sink_the_sweep(tmp_path):
     assert all(r["status"] == "failed" for r in ranked[2:])
     text = (folder / "report.md").read_text()
     assert "## Failed jobs" in text and text.count("**FAILED**") == 4 and "diverged at step" in text
+    for row in ranked[2:]:  # a diverged job's steps: where it diverged, not its last logged point (step 1)
+        reason = (folder / row["job"] / "failure.txt").read_text()
+        named = re.search(r"diverged at step (\d+)", reason)
+        if named:  # (the Softmax2d jobs fail before their first step)
+            assert int(row["steps"]) == int(named.group(1)) > 1, (row, reason)
 
 
 def test_two_sweeps_at_the_same_time_get_their_own_folders(tmp_path):
@@ -206,6 +235,46 @@ def test_two_sweeps_at_the_same_time_get_their_own_folders(tmp_path):
     assert seeds == [1, 2]  # each sweep's job is in its own sweep's folder
     for f in folders:
         assert len([p for p in f.iterdir() if p.is_dir()]) == 1
+
+
+def test_figure_labels_shorten_long_floats_so_every_override_shows():
+    from experiments.report_figures import _label, short_floats
+    from experiments.runs import Job
+
+    overrides = ["init.std=0.0018023233912524133", "model.width=32", "optim.lr=0.00012345678901234567"]
+    label = _label(Job(Path("x"), "trial=0"), overrides)
+    assert label == "init.std=0.001802 model.width=32 optim.lr=0.0001235"
+    assert short_floats("lr=1e-05 lr=10000.0 lr=0.03 seed=12345678 a.b=3.14159265358979") == \
+        "lr=1e-05 lr=10000.0 lr=0.03 seed=12345678 a.b=3.142"
+
+
+def test_a_failed_jobs_steps_are_where_it_failed_not_its_last_logged_point():
+    from experiments.runs import Job
+
+    curves = {"loss/train": [(1, 0.0, 2.0)], "param_norm/0.weight": [(1, 0.0, 1.0)]}
+    diverged = Job(Path("x"), "j", status="failed", curves=curves,
+                   reason="Diverged: training diverged at step 5: the loss is nan; first parameter ... 0.weight.")
+    assert diverged.steps == 5
+    by = Job(Path("x"), "j", status="failed", curves=curves, reason="Diverged: training diverged by step 64: ...")
+    assert by.steps == 64
+    crashed = Job(Path("x"), "j", status="failed", curves=curves, reason="RuntimeError: shapes (3) and (4)")
+    assert crashed.steps == 1  # nothing better known: the last point logged
+    assert Job(Path("x"), "j", status="ok", curves=curves, reason="").steps == 1
+
+
+def test_sweep_summary_removes_submitits_empty_id_template_folder(tmp_path, caplog):
+    """submitit's local launcher leaves an empty literal .submitit/%j; the job files' folders stay."""
+    from experiments.sweeps import SweepSummary
+
+    (tmp_path / ".submitit" / "%j").mkdir(parents=True)
+    (tmp_path / ".submitit" / "2275").mkdir()
+    (tmp_path / ".submitit" / "2275" / "2275_0_log.out").write_text("log")
+    (tmp_path / "init=xavier" / ".hydra").mkdir(parents=True)  # a job that neither finished nor failed
+    caplog.set_level("INFO")
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert sorted(p.name for p in (tmp_path / ".submitit").iterdir()) == ["2275"]
+    assert f"sweep finished: 1 job(s) in {tmp_path}: 1 incomplete" in caplog.text
+    assert "incomplete (neither finished nor failed): init=xavier" in caplog.text
 
 
 def test_job_dirname():

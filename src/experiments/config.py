@@ -22,12 +22,15 @@ from typing import Any, Dict, List, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from .cli_help import register_help_resolver
 from .data import DataConfig
+from .errors import ConfigError
 from .runs import register_resolvers
 from .telemetry.monitor import SIGNALS
 from .telemetry.signals import SignalConfig
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the checkout's, when installed editable from one
+PACKAGED_CONF_DIR = Path(__file__).resolve().parent / "conf"  # a copy shipped in the wheel (setup.py)
 
 
 @dataclass
@@ -103,6 +106,7 @@ class TrainerConfig:
     checkpoint_every: int = 1  # epochs between numbered checkpoints (0: only checkpoints/last.pt)
     resume: Optional[str] = None  # a run folder, a checkpoint file, or "auto" (this run folder's last.pt)
     freeze: List[str] = field(default_factory=list)  # globs of parameter names that are not trained
+    progress_every_s: float = 10.0  # a progress line (step/steps, rate, ETA) within an epoch this often; 0: none
     clip_grad_norm: Optional[float] = None  # clip the total gradient norm to this (grad_norm/total logs it before)
     check_every: int = 100  # steps between checks for a non-finite loss or gradient (also on every logged step)
 
@@ -139,12 +143,26 @@ def register_configs() -> None:
         group, _, name = f"schema/{path}".rpartition("/")
         cs.store(group=group, name=name, node=node)
     register_resolvers()
+    register_help_resolver()
 
 
-def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """The config ``python train.py <overrides>`` would run, composed with Hydra's compose API."""
+def find_conf_dir(start: Optional[Path] = None) -> Path:
+    """The ``conf/`` to compose from: the project's the user stands in (``conf/config.yaml`` in the
+    current folder or a parent of it), else the copy shipped with the package (a non-editable
+    install), else the checkout the package is installed from (an editable install)."""
+    here = Path(start or Path.cwd()).resolve()
+    for candidate in [folder / "conf" for folder in (here, *here.parents)] + [PACKAGED_CONF_DIR, CONF_DIR]:
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise ConfigError(f"no conf/config.yaml in {here} or a folder above it, and none installed with the package "
+                      f"({PACKAGED_CONF_DIR}): run from the project folder, or reinstall it with pip install .")
+
+
+def compose_config(overrides: Sequence[str] = (), conf_dir: Optional[Path] = None) -> DictConfig:
+    """The config ``python train.py <overrides>`` would run, composed with Hydra's compose API from
+    ``conf_dir`` (default: :func:`find_conf_dir`)."""
     from hydra import compose, initialize_config_dir
 
     register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(Path(conf_dir or find_conf_dir()).resolve()), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))

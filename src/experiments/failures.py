@@ -1,7 +1,7 @@
 """How a run fails: one clear paragraph, a ``failure.txt`` in its folder, a non-zero exit.
 
 A single run exits non-zero. In a sweep (``-m``) the failed job records its failure and
-returns ``inf`` so the other jobs go on; ``sweeps.SweepFailures`` then ends the sweep with a
+returns ``inf`` so the other jobs go on; ``sweeps.SweepSummary`` then ends the sweep with a
 non-zero exit that names the failed jobs. The errors themselves are in ``errors.py``.
 """
 

@@ -5,7 +5,7 @@ Notebook use::
     from experiments import compose_model, load_run, parameter_table
     exp = compose_model(["model=tied", "init=xavier"])      # built, materialized, initialized
     rows = parameter_table(exp.model, exp.init_rules)        # one dict per unique parameter
-    run = load_run("outputs/2026-11-22/10-30-00")            # a finished run's model, ties verified
+    run = load_run("outputs/2026-11-22/10-30-00.412345-tied-xavier")   # a finished run's model, ties verified
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from .runs import saved_config, weights_path
 from .summary import parameter_rows, totals
 
 
-def compose_model(overrides: Sequence[str] = (), device: str = "cpu") -> Experiment:
-    """The model a run with these overrides starts from: same names, same initial values."""
-    cfg = compose_config([*overrides, f"trainer.device={device}"])
+def compose_model(overrides: Sequence[str] = (), device: str = "cpu", conf_dir: Optional[Path] = None) -> Experiment:
+    """The model a run with these overrides starts from: same names, same initial values
+    (composed from ``conf_dir``, by default the ``conf/`` of the project the user stands in)."""
+    cfg = compose_config([*overrides, f"trainer.device={device}"], conf_dir)
     return build_experiment(cfg)
 
 
@@ -112,6 +113,14 @@ def report(exp: Experiment, layer_name: Optional[str] = None, param_name: Option
     return out
 
 
+def _state_dict_note(t: Mapping[str, int], tied: bool) -> str:
+    """Why the ``state_dict`` count differs from the unique count, when it does."""
+    if t["state_dict_numbers"] == t["unique_numbers"] and t["state_dict_entries"] == t["unique_tensors"]:
+        return ""
+    return " (more than the unique count: a tied parameter is listed under each of its names)" if tied \
+        else " (buffers included, e.g. BatchNorm running statistics)"
+
+
 def render_text(data: Mapping[str, Any]) -> str:
     """The inspect command's terminal output."""
     lines = ["== module tree (print(model)) ==", data["tree"], "", "== parameters (one row per unique parameter) =="]
@@ -128,8 +137,8 @@ def render_text(data: Mapping[str, Any]) -> str:
     lines += ["", "== totals ==",
               f"unique parameters: {t['unique_tensors']} tensors, {t['unique_numbers']} numbers "
               f"({t['trainable_numbers']} trainable)",
-              f"state_dict: {t['state_dict_entries']} entries, {t['state_dict_numbers']} numbers "
-              f"(more than the unique count when layers are tied)",
+              f"state_dict: {t['state_dict_entries']} entries, {t['state_dict_numbers']} numbers"
+              + _state_dict_note(t, bool(data["ties"])),
               "", "== tie groups =="]
     lines += [f"{name}: {', '.join(aliases)}" for name, aliases in data["ties"].items()] or ["none"]
     if "layer" in data:

@@ -2,7 +2,7 @@
 TensorBoard's own reader.
 
     python scripts/report.py outputs/multirun/2026-11-22/10-54-38   # a sweep
-    python scripts/report.py outputs/2026-11-22/10-30-00             # one run
+    python scripts/report.py outputs/2026-11-22/10-30-00.412345-tied-xavier   # one run
 
 writes ``report.md``, ``report.csv`` and PNG figures (see ``report_figures``) into that folder.
 A row has the job's overrides, its status (``ok``; ``failed``: it left a ``failure.txt``;

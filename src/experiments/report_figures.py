@@ -22,8 +22,16 @@ MAX_PANELS = 12  # per figure; more jobs than that are left out of the per-job f
 TIME_STEP = re.compile(r"(?:^|\.)t(\d+)\.[^.]+$")  # a use named by its time step: 1.t3.weight_hh
 
 
+LONG_FLOAT = re.compile(r"(?<![\w.])\d+\.\d+(?:[eE][-+]?\d+)?(?![\w.])")  # as Optuna writes them: 0.0123456789012345
+
+
+def short_floats(text: str) -> str:
+    """Floats with more than 8 characters to 4 significant digits, so a label keeps every override."""
+    return LONG_FLOAT.sub(lambda m: f"{float(m.group()):.4g}" if len(m.group()) > 8 else m.group(), text)
+
+
 def _label(job: Job, overrides: List[str], width: int = 60) -> str:
-    text = " ".join(overrides) or job.name
+    text = short_floats(" ".join(overrides)) or job.name
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -28,6 +29,7 @@ EVENTS = "events.out.tfevents."
 MAX_NAME = 200  # bytes of a job folder's name; file systems allow 255
 
 Curve = List[Tuple[int, float, float]]  # (step, wall time, value)
+FAILED_AT = re.compile(r"\b(?:at|by) step (\d+)\b")  # the step a failure message names
 
 
 def job_dirname(override_dirname: str) -> str:
@@ -48,6 +50,22 @@ def job_dirname(override_dirname: str) -> str:
 def register_resolvers() -> None:
     """``${job_dirname:${hydra.job.override_dirname}}`` in ``hydra.sweep.subdir``."""
     OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
+
+
+def tensorboard_command(run_dir: Path) -> str:
+    """The command that shows this run in TensorBoard under a readable name.
+
+    ``tensorboard --logdir <run>`` would list the run as ``.``; its parent folder lists it by its
+    folder name (``10-30-00.412345-tied-xavier``, or a sweep job's ``init=xavier,model=tied``),
+    next to its neighbours (that day's runs, the sweep's other jobs).
+    """
+    run_dir = Path(run_dir).resolve()
+    parent = run_dir.parent
+    try:
+        shown = parent.relative_to(Path.cwd().resolve()) or Path(".")
+    except ValueError:
+        shown = parent
+    return f"tensorboard --logdir {shown}  (this run: {run_dir.name})"
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -97,7 +115,11 @@ class Job:
 
     @property
     def steps(self) -> int:
-        return max((c[-1][0] for c in self.curves.values() if c), default=0)
+        """The last step logged; for a failed run, the step its failure names (``diverged at step 5``,
+        ``stopped by SIGTERM at step 40``) when that is later: signals are logged only every few steps."""
+        logged = max((c[-1][0] for c in self.curves.values() if c), default=0)
+        named = FAILED_AT.search(self.reason) if self.status == "failed" else None
+        return max(logged, int(named.group(1))) if named else logged
 
     @property
     def wall_time(self) -> float:

@@ -12,7 +12,9 @@ ends: non-zero, naming the jobs that failed.
 - job folders are named by the ``${job_dirname:...}`` resolver (``runs.job_dirname``). Importing
   this module registers it: a sweep's workers import it when they unpickle the callbacks, before
   they resolve their folder.
-- :class:`SweepFailures` exits non-zero at the end of a sweep if any job left a ``failure.txt``.
+- :class:`SweepSummary` closes every sweep with a summary: how many jobs finished, failed or did
+  not finish, the best job and its ``loss/val``, the failed jobs' reasons and the report command;
+  it exits non-zero if any job left a ``failure.txt``.
 
 This module imports nothing heavy.
 """
@@ -20,15 +22,18 @@ This module imports nothing heavy.
 from __future__ import annotations
 
 import logging
+import math
 import sys
+from collections import Counter
 from itertools import count
 from pathlib import Path
-from typing import Any, List
+from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from .runs import FAILURE_FILE, register_resolvers
+from .runs import FAILURE_FILE, load_jobs, register_resolvers
+from .telemetry import tags
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +74,39 @@ class UniqueSweepDir(Callback):
         log.info("sweep folder: %s  (report: python scripts/report.py %s)", claimed, claimed)
 
 
-class SweepFailures(Callback):
-    """At the end of a sweep, exit non-zero if any job left a ``failure.txt``."""
+def remove_empty_id_templates(sweep_dir: Path) -> None:
+    """submitit's local launcher creates its folder template ``.submitit/%j`` literally (the jobs' files
+    go to ``.submitit/<job id>/``); remove such a folder when it is empty."""
+    for folder in sweep_dir.glob(".submitit/*%*"):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+class SweepSummary(Callback):
+    """At the end of a sweep, successful or not: a summary, and a non-zero exit if any job failed."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        failed: List[str] = sorted(str(p.parent.relative_to(sweep_dir)) for p in sweep_dir.rglob(FAILURE_FILE))
-        if failed:
-            reasons = [(sweep_dir / name / FAILURE_FILE).read_text().strip().split(". ")[0] for name in failed]
-            log.error("%d job(s) of the sweep in %s failed (see each job's %s):\n%s", len(failed), sweep_dir,
-                      FAILURE_FILE, "\n".join(f"  {name}: {why[:200]}" for name, why in zip(failed, reasons)))
+        remove_empty_id_templates(sweep_dir)
+        logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its reader's "No path found after ..."
+        try:
+            jobs = load_jobs(sweep_dir)  # best loss/val first; reads the event files
+        except FileNotFoundError:
+            log.error("the sweep in %s left no job folders", sweep_dir)
             sys.exit(1)
-
+        counts = Counter(j.status for j in jobs)
+        lines = [f"sweep finished: {len(jobs)} job(s) in {sweep_dir}: "
+                 + ", ".join(f"{counts[s]} {s}" for s in ("ok", "failed", "incomplete") if counts[s])]
+        best = next((j for j in jobs if j.status == "ok" and not math.isnan(j.last(tags.LOSS_VAL))), None)
+        if best:
+            lines.append(f"  best: {best.name}  {tags.LOSS_VAL} {best.last(tags.LOSS_VAL):.6g}")
+        failed = [j for j in jobs if j.status == "failed"]
+        lines += [f"  failed: {j.name}: {j.reason.split('. ')[0][:200]}" for j in failed]
+        lines += [f"  incomplete (neither finished nor failed): {j.name}" for j in jobs if j.status == "incomplete"]
+        lines.append(f"  report: python scripts/report.py {sweep_dir}")
+        if failed:
+            log.error("%s\n  %d job(s) failed; each one's %s says why", "\n".join(lines), len(failed), FAILURE_FILE)
+            sys.exit(1)
+        log.info("%s", "\n".join(lines))
 
 register_resolvers()

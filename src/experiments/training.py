@@ -27,7 +27,8 @@ from .data import Dataset
 from .errors import ConfigError, Interrupted
 from .experiment import build_experiment
 from .guards import DivergenceGuard, InterruptGuard, check_validation
-from .runs import FAILURE_FILE, WEIGHTS_FINAL, WEIGHTS_INIT
+from .progress import Progress
+from .runs import FAILURE_FILE, WEIGHTS_FINAL, WEIGHTS_INIT, tensorboard_command
 from .summary import summary_markdown
 from .telemetry import tags
 from .telemetry.monitor import Monitor, cadences
@@ -150,10 +151,15 @@ class Run:
         """The rest of the epoch in progress, its validation, its checkpoint; the epoch's metrics."""
         started, epoch_start = time.perf_counter(), self.shuffle.get_state()
         epoch_loss, done_here = torch.zeros((), dtype=torch.float64, device=self.exp.device), 0
+        steps, epochs = self.data.steps_per_epoch(), self.cfg.trainer.epochs
+        progress = Progress(steps, self.skip, self.cfg.trainer.progress_every_s, f"{self.epoch}/{epochs}",
+                            later=steps * (epochs - self.epoch))
         self.model.train()
         for x, y in self.data.batches(self.shuffle, self.skip):
             self.step, self.skip, done_here = self.step + 1, self.skip + 1, done_here + 1
             epoch_loss += self.train_step(x, y)
+            if self.skip >= progress.due:  # the only cost of progress lines on most steps
+                progress.check(self.skip)
             if interrupt.signum:
                 self.guard.check(self.step)
                 path = self.checkpoint(epoch_start, numbered=False)
@@ -207,8 +213,8 @@ class Run:
             self.val_loss = evaluate(self.model.eval(), self.data)["loss/val"]
         save_weights(self.model, self.run_dir / WEIGHTS_FINAL)
         (self.run_dir / FAILURE_FILE).unlink(missing_ok=True)  # a resumed run that finishes is no longer a failure
-        log.info("done: loss/train %.6f (the mean since the previous point)  loss/val %.6f; see it with: "
-                 "tensorboard --logdir %s", self.train_loss, self.val_loss, self.run_dir)
+        log.info("done: loss/train %.6f (the mean since the previous point)  loss/val %.6f; see it with: %s",
+                 self.train_loss, self.val_loss, tensorboard_command(self.run_dir))
         return self.val_loss
 
 

@@ -1,12 +1,19 @@
 """A user's own table: ``python train.py data=csv data.path=houses.csv data.target=price``.
 
-Numeric feature columns are standardized with statistics of the training rows only. A
-classification target may hold numbers or names; classes are indexed in sorted order.
+Numeric feature columns are standardized with statistics of the training rows only, and so is a
+regression target (``data.standardize_target``, default true): a house price around 500 would
+otherwise make the first gradients large enough to diverge at the default learning rate. The
+model then predicts the standardized target and ``loss/train``/``loss/val`` are MSEs in units of
+the target's standard deviation: multiply by ``target_std**2`` for the MSE in the target's own
+units, and ``Dataset.in_target_units(prediction)`` gives a prediction in them. The run's log
+states the mean and standard deviation used. A classification target may hold numbers or names;
+classes are indexed in sorted order.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -16,6 +23,8 @@ from omegaconf import MISSING, DictConfig
 
 from ..errors import ConfigError, DataError
 from .dataset import DataConfig, Dataset, split, standardize
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,6 +38,7 @@ class Config(DataConfig):
     features: Optional[List[str]] = None  # None: every other column (all numeric)
     num_outputs: Optional[int] = None  # None: 1 for regression, the number of classes for classification
     val_fraction: float = 0.2
+    standardize_target: bool = True  # regression: train on (y - mean) / std of the training rows
 
 
 def _number(value: str, path: Path, line: int, column: str) -> float:
@@ -85,4 +95,12 @@ def load(cfg: DictConfig, seed: int) -> Dataset:
         num_outputs = 1
     train_x, train_y, val_x, val_y = split(torch.tensor(x), y, cfg.val_fraction, seed)
     train_x, val_x = standardize(train_x, val_x)
-    return Dataset(train_x, train_y, val_x, val_y, cfg.task, cfg.batch_size, num_outputs)
+    data = Dataset(train_x, train_y, val_x, val_y, cfg.task, cfg.batch_size, num_outputs)
+    if cfg.task == "regression" and cfg.standardize_target:
+        data.target_mean, data.target_std = train_y.mean(0), train_y.std(0)
+        data.target_std = torch.where(data.target_std > 0, data.target_std, torch.ones_like(data.target_std))
+        data.train_y, data.val_y = standardize(train_y, val_y)
+        log.info("data.target=%s standardized with the training rows' mean %.6g and std %.6g: losses are in "
+                 "standardized units (loss x %.6g = MSE in %s's own units)", cfg.target, data.target_mean.item(),
+                 data.target_std.item(), data.target_std.item() ** 2, cfg.target)
+    return data

@@ -7,7 +7,7 @@ Regression targets are float ``(n, outputs)``; classification targets are int64 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Optional, Tuple
 
 import torch
@@ -37,11 +37,21 @@ class Dataset:
     task: str  # "regression" (MSE) or "classification" (cross-entropy)
     batch_size: int
     num_outputs: int  # what the model's last layer must produce
+    # A standardized regression target (CSV tables): y_standardized = (y - target_mean) / target_std,
+    # with the training rows' statistics. The model predicts, and the losses measure, standardized units.
+    target_mean: Optional[torch.Tensor] = None
+    target_std: Optional[torch.Tensor] = None
 
     def to(self, device: torch.device) -> "Dataset":
         move = lambda t: t.to(device)  # noqa: E731
-        return Dataset(move(self.train_x), move(self.train_y), move(self.val_x), move(self.val_y),
-                       self.task, self.batch_size, self.num_outputs)
+        return replace(self, train_x=move(self.train_x), train_y=move(self.train_y), val_x=move(self.val_x),
+                       val_y=move(self.val_y))
+
+    def in_target_units(self, prediction: torch.Tensor) -> torch.Tensor:
+        """A regression prediction in the target's own units (undoes the target's standardization, if any)."""
+        if self.target_std is None:
+            return prediction
+        return prediction * self.target_std.to(prediction.device) + self.target_mean.to(prediction.device)
 
     def sample_batch(self) -> torch.Tensor:
         """A batch of inputs for materializing lazy layers."""
