@@ -7,17 +7,27 @@ from torch import nn
 
 from experiments.config import telemetry_schema
 from experiments.telemetry.monitor import Monitor
-from experiments.telemetry.signals import fused_norms
+from experiments.telemetry.signals import FlatViews, fused_norms
 from experiments.telemetry.monitor import cadences
 from experiments.telemetry.summaries import hparam_values
 
 
-def test_fused_norms_equal_per_tensor_norms():
-    tensors = [torch.randn(3, 4), torch.randn(7), torch.randn(2, 2, 2), torch.zeros(5)]
-    fused = torch.stack(fused_norms(tensors))
-    expected = torch.stack([torch.linalg.vector_norm(t) for t in tensors])
-    torch.testing.assert_close(fused, expected)
-    assert fused_norms([]) == []
+@pytest.mark.parametrize("count", [4, 40])  # below FLAT_BELOW: _foreach_norm; above: one flat copy
+def test_fused_norms_equal_per_tensor_norms(count):
+    torch.manual_seed(0)
+    shapes = [(3, 4), (7,), (2, 2, 2), (0,), (300, 300)]
+    tensors = [torch.randn(*shapes[i % len(shapes)]) * (i + 1) for i in range(count)]
+    tensors[1] = torch.randn(5, 6).t()  # not contiguous
+    expected = torch.stack([torch.linalg.vector_norm(t.double()) for t in tensors]).float()
+    torch.testing.assert_close(fused_norms(tensors), expected, rtol=2e-6, atol=0)
+    assert fused_norms([]).numel() == 0
+    flat = FlatViews([t for t in tensors if t.is_contiguous()])
+    torch.testing.assert_close(flat.norms(), torch.stack([torch.linalg.vector_norm(t.double()) for t in flat.tensors]).float(),
+                               rtol=2e-6, atol=0)
+    before = flat.cat()
+    for t in flat.tensors:
+        t.mul_(2)  # the views follow in-place updates, as an optimizer's
+    torch.testing.assert_close(flat.segment_norms(flat.cat() - before), flat.segment_norms(before))
 
 
 def test_hparams_are_the_chosen_groups_and_what_the_command_line_set(make_cfg):

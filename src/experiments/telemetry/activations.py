@@ -10,7 +10,7 @@ device; hooks are in place only on the steps that log them.
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -22,34 +22,25 @@ from .signals import Signal, Watched
 DEAD_UNIT_TYPES = (nn.ReLU, nn.ReLU6)
 
 
-def dead_fraction(output: torch.Tensor) -> torch.Tensor:
-    """Fraction of units that are zero for every example of the batch (dim 0)."""
-    return (output == 0).all(dim=0).float().mean()
 
 
 class ActivationStats:
+    """Hooks keep each call's output (detached) on the steps that log; :meth:`collect` computes the
+    statistics of all of them at once, a few tensor operations per group of same-shaped outputs
+    rather than several per module (measured: ~15 µs a module the other way, on the CPU)."""
+
     def __init__(self, model: nn.Module):
         self.active = False
-        self.tags: List[str] = []
-        self.values: List[torch.Tensor] = []  # per call: [mean, std] or [mean, std, dead_frac]
+        self._outputs: List[Tuple[str, bool, torch.Tensor]] = []  # (use name, counts dead units, output)
         leaves = {m: names for m, names in module_sites(model).items() if m is not model and not list(m.children())}
         self._hooks = CallSites(model, leaves, post=self._record)
 
     def _record(self, module: nn.Module, args, output) -> None:
-        if not self.active or not isinstance(output, torch.Tensor):
-            return
-        name = self._hooks.next_site(module)
-        out = output.detach().float()
-        std, mean = torch.std_mean(out) if out.numel() > 1 else (out.new_zeros(()), out.mean())
-        self.tags += [tags.activation(name, "mean"), tags.activation(name, "std")]
-        if isinstance(module, DEAD_UNIT_TYPES):
-            self.tags.append(tags.activation(name, "dead_frac"))
-            self.values.append(torch.stack([mean, std, dead_fraction(out)]))
-        else:
-            self.values.append(torch.stack([mean, std]))
+        if self.active and isinstance(output, torch.Tensor):
+            self._outputs.append((self._hooks.next_site(module), isinstance(module, DEAD_UNIT_TYPES), output.detach()))
 
     def start(self) -> None:
-        self.tags, self.values = [], []
+        self._outputs = []
         self._hooks.install()
         self.active = True
 
@@ -57,9 +48,25 @@ class ActivationStats:
         """The tags recorded since ``start`` and one 1-D tensor holding their values."""
         self.active = False
         self._hooks.remove()
-        found, values = self.tags, torch.cat(self.values) if self.values else torch.zeros(0)
-        self.tags, self.values = [], []
-        return found, values
+        groups: Dict[tuple, List[Tuple[str, torch.Tensor]]] = {}
+        for name, dead, out in self._outputs:
+            groups.setdefault((tuple(out.shape), out.dtype, out.device, dead and out.dim() > 1), []).append((name, out))
+        self._outputs = []
+        found, blocks = [], []
+        for (shape, _, _, dead), members in groups.items():
+            stacked = torch.stack([out for _, out in members]).float()  # (k, *shape)
+            flat = stacked.reshape(len(members), -1)
+            if flat.shape[1] > 1:
+                std, mean = torch.std_mean(flat, dim=1)
+            else:
+                mean, std = flat[:, 0], torch.zeros_like(flat[:, 0])
+            columns = [mean, std]
+            if dead:  # units (everything but the batch dimension) zero for every example
+                columns.append((stacked == 0).all(dim=1).reshape(len(members), -1).float().mean(1))
+            blocks.append(torch.stack(columns, dim=1).reshape(-1))
+            stats = ("mean", "std", "dead_frac")[:len(columns)]
+            found += [tags.activation(name, stat) for name, _ in members for stat in stats]
+        return found, torch.cat(blocks) if blocks else torch.zeros(0)
 
 
 class Activations(Signal):

@@ -90,8 +90,12 @@ def _prefix(tag: str) -> bytes:
 def encode_scalars(step: int, wall_time: float, tags: Sequence[str], values: Sequence[float]) -> bytes:
     """``Event(wall_time, step, summary=Summary(value=[Value(tag, simple_value)...]))`` serialized:
     the bytes protobuf writes, built without a protobuf object per value."""
-    floats = struct.pack(f"<{len(values)}f", *values)
-    body = b"".join(_prefix(t) + floats[4 * i:4 * i + 4] for i, t in enumerate(tags))
+    n, known = len(tags), _PREFIXES.get
+    floats = struct.pack(f"<{n}f", *values)
+    parts = [b""] * (2 * n)  # prefix, float, prefix, float, ...: one join
+    parts[0::2] = [known(t) or _prefix(t) for t in tags]
+    parts[1::2] = [floats[i:i + 4] for i in range(0, 4 * n, 4)]
+    body = b"".join(parts)
     step_field = b"\x10" + _varint(step) if step else b""  # proto3 leaves a zero out
     return b"\x09" + struct.pack("<d", wall_time) + step_field + b"\x2a" + _varint(len(body)) + body
 

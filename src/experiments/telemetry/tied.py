@@ -106,7 +106,7 @@ class Tied(Signal):
         self.uses.stop_capture()
         with_grad = [g for g in self.watched.groups if g.param.grad is not None]
         if with_grad:
-            norms = torch.stack(fused_norms([g.param.grad for g in with_grad]))
+            norms = fused_norms([g.param.grad for g in with_grad])
             record.extend([tags.tied_grad_norm(g.canonical) for g in with_grad], norms)
         for group in with_grad:
             uses = self.uses.ordered(group)
