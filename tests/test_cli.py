@@ -212,4 +212,5 @@ def test_help_lists_the_users_groups_and_the_launchers_not_the_schemas():
     assert {"basic", "joblib", "submitit_local", "cluster"} <= set(launchers)
     assert "optuna" in re.search(r"^  hydra/sweeper: (.*)$", out, re.MULTILINE).group(1)
     assert "python train.py -m hparams_search=optuna" in out and "python train.py -m hydra/launcher=joblib" in out
+    assert "python train.py -m experiment=bptt" in out  # the presets (conf/experiment/) are sweeps
     assert re.search(r"^model:\n  name: tied$", out, re.MULTILINE)  # the composed config of this command

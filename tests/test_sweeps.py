@@ -313,6 +313,7 @@ def test_submitit_local_launcher(tmp_path):
     assert result.returncode == 0, result.stderr
     folder = sweep_folder(tmp_path / "outputs")
     assert {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")} == JOBS
+    assert list(folder.glob(".submitit/*")) and not list(folder.glob(".submitit/%*"))  # no literal %j left
     for job in JOBS:
         assert last_values(folder / job)["loss/val"][0] == 14
     report(folder, "--no-figures")

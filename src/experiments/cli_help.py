@@ -21,7 +21,7 @@ INTERNAL = ("schema",)  # our dataclass schemas: named by the YAMLs, never chose
 SWEEP_GROUPS = ("hydra/launcher", "hydra/sweeper")
 ORDER = ("model", "init", "data", "optim", "trainer", "telemetry")  # first, as in conf/config.yaml; then the rest
 EXAMPLES = {  # group -> example command ({option}: the group's first option)
-    "experiment": "python train.py experiment={option}",
+    "experiment": "python train.py -m experiment={option}   (a preset sweep; then python scripts/report.py <sweep>)",
     "hparams_search": "python train.py -m hparams_search={option}",
     "hydra/launcher": "python train.py -m hydra/launcher=joblib init=normal,xavier   (Slurm: hydra/launcher=cluster "
                       "hydra.launcher.partition=<partition>)",
