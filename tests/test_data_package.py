@@ -72,7 +72,7 @@ def test_every_source_module_has_its_schema_and_yaml():
     """Each module of experiments.data with a Config is registered under its name, and
     conf/data/<name>.yaml uses it."""
     schemas = data_schemas()
-    assert set(schemas) == {"synthetic", "digits", "fashion_mnist", "csv"}
+    assert set(schemas) == {"synthetic", "digits", "fashion_mnist", "csv", "zipf_text", "text", "time_machine"}
     for name, schema in schemas.items():
         assert f"/schema/data/{name}@_here_" in (CONF / "data" / f"{name}.yaml").read_text()
         assert schema._target_.endswith(".load") and compose_config([f"data={name}"]).data._target_ == schema._target_
