@@ -10,6 +10,13 @@ from typing import List
 
 import pytest
 
+# One torch thread: the suite's models are tiny, and torch's threads spinning on 2 shared cores
+# (the CLI tests run several processes at once) make a step thousands of times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402  (after the thread setting)
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 from experiments.config import CONF_DIR, compose_config, register_configs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@
   each use's own, when they were logged;
 - ``grad_through_time.png``: for a recurrent cell unrolled in time (uses named ``...t<k>...``),
   the gradient norm of each time step's use against its distance from the loss, log scale, one
-  line per logged step: vanishing gradients fall to the left, exploding ones rise.
+  line per logged step: vanishing gradients fall with distance, exploding ones rise.
 """
 
 from __future__ import annotations
@@ -161,8 +161,10 @@ def _tied_grad_norms(plt, root: Path, jobs: List[Job], labels: Dict[str, str]):
 
 
 def through_time(job: Job):
-    """(parameter, {time step: curve of its use's gradient norm}) for the recurrent weight of a cell
-    unrolled in time (``weight_hh`` if there is one), or None."""
+    """(parameter, {time step: curve of its use's gradient norm}) for a cell unrolled in time, or None.
+    ``weight_ih`` if there is one: its gradient at step t is the error reaching step t times that
+    step's input, an input of the same scale at every step, so it shows how the error fades or grows
+    (``weight_hh``'s first steps multiply a hidden state still growing from zero)."""
     found = {}
     for name in job.tied():
         steps = {int(m.group(1)): job.curves[tags.use_stat(name, use, "grad_norm")]
@@ -172,7 +174,7 @@ def through_time(job: Job):
             found[name] = steps
     if not found:
         return None
-    name = next((n for n in found if n.endswith("weight_hh")), sorted(found)[0])
+    name = next((n for n in found if n.endswith("weight_ih")), sorted(found)[0])
     return name, found[name]
 
 
@@ -198,6 +200,7 @@ def _grad_through_time(plt, root: Path, jobs: List[Job], labels: Dict[str, str])
         ax.legend(fontsize="xx-small", ncol=2)
         ax.grid(alpha=0.3, which="both")
     more = f" (first {MAX_PANELS} of {len(panels)})" if len(panels) > MAX_PANELS else ""
-    fig.suptitle(f"Gradient through time: each time step's share of the recurrent weight's gradient{more}\n"
-                 f"(a step whose gradient is exactly 0, e.g. weight_hh at the first step, is left out)", fontsize="medium")
+    fig.suptitle(f"Gradient through time: each time step's share of the cell's input-weight gradient{more}\n"
+                 f"(falling to the right: vanishing; rising: exploding; a step whose gradient is exactly 0 is left out)",
+                 fontsize="medium")
     return _save(fig, root / "grad_through_time.png")
