@@ -292,7 +292,7 @@ def test_slurm_launcher_config_composes():
                                            "hydra.launcher.gpus_per_node=1"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.partition, launcher.timeout_min, launcher.cpus_per_task, launcher.gpus_per_node) == ("gpu", 60, 4, 1)
+    assert (launcher.partition, launcher.timeout_min, launcher.cpus_per_task, launcher.gpus_per_node) == ("gpu", 60, 1, 1)
 
 
 def test_joblib_launcher_runs_the_sweep_in_parallel_processes(tmp_path):
