@@ -2,6 +2,7 @@
 
     python scripts/bench.py                      # the full run behind the README table (a few minutes)
     python scripts/bench.py --repeats 1 --quick  # a smoke run
+    pip install -e ".[bench]"                    # adds Lightning, the peer in the table
 
 Prints a Markdown table and writes it, with the raw numbers as JSON, to --out.
 """
@@ -22,8 +23,8 @@ def main(argv):
     args = parser.parse_args(argv)
     from experiments.benchmark import run_benchmark
 
-    sizes = dict(short=1, long=3, n_train=1024, growth_counts=(10, 20)) if args.quick else \
-        dict(short=1, long=3, n_train=16384, growth_counts=(10, 100, 1000))
+    sizes = dict(epochs=1, n_train=1024, growth_counts=(10, 20), start_repeats=1) if args.quick else \
+        dict(epochs={"tiny": 8, "wide": 3}, n_train=16384, growth_counts=(10, 100, 1000))
     command = "python scripts/bench.py " + " ".join(argv)
     result = run_benchmark(args.repeats, root=ROOT, command=command.strip(), **sizes)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,7 @@ def load_weights(model: nn.Module, path: Path) -> TieManifest:
 
 def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, step: int,
                     epoch: int, batch_in_epoch: int, shuffle_state: torch.Tensor, config_yaml: str,
-                    numbered: bool) -> Path:
+                    numbered: bool, telemetry: Optional[Dict[str, Any]] = None) -> Path:
     """Write ``checkpoints/last.pt`` (and ``step_<step>.pt`` when ``numbered``), atomically.
 
     ``epoch`` is the epoch in progress, ``batch_in_epoch`` how many of its batches are done and
@@ -83,6 +83,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
         "epoch": epoch,
         "batch_in_epoch": batch_in_epoch,
         "config": config_yaml,
+        "telemetry": telemetry or {},  # the monitor's running state (the loss since the last point, ...)
     }
     folder = checkpoint_dir(run_dir)
     if numbered:

@@ -108,8 +108,10 @@ class Run:
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         self.step, self.epoch, self.skip, self.val_loss = 0, 1, 0, float("nan")
         self.train_loss = float("nan")  # the last loss/train point: the mean since the point before
+        self.epoch_loss_start = None  # the running loss total when the epoch in progress began
 
         checkpoint = find_checkpoint(cfg.trainer.resume, self.run_dir) if cfg.trainer.resume else None
+        state = {}
         if checkpoint:
             self.run_dir = run_dir_of(checkpoint)
             state = restore_checkpoint(checkpoint, self.model, self.optimizer)
@@ -122,6 +124,11 @@ class Run:
         total_steps = cfg.trainer.epochs * self.data.steps_per_epoch()
         self.monitor = Monitor(self.run_dir, self.model, cfg.telemetry, purge_step=self.step + 1 if checkpoint else None,
                                classification=self.data.task in CLASSES, uses=self.uses, total_steps=total_steps)
+        if state.get("telemetry"):
+            self.monitor.load_state_dict(state["telemetry"])
+            if "epoch_loss_start" in state["telemetry"] and self.skip:  # resumed within an epoch
+                self.epoch_loss_start = torch.tensor(state["telemetry"]["epoch_loss_start"], dtype=torch.float64,
+                                                     device=self.monitor.loss_total.device)
         if not checkpoint:
             self.monitor.text("config", "    " + self.config_yaml.replace("\n", "\n    "))
             self.monitor.text("ties", ties_markdown(self.exp.manifest))
@@ -150,14 +157,16 @@ class Run:
     def train_epoch(self, interrupt: InterruptGuard) -> Dict[str, float]:
         """The rest of the epoch in progress, its validation, its checkpoint; the epoch's metrics."""
         started, epoch_start = time.perf_counter(), self.shuffle.get_state()
-        epoch_loss, done_here = torch.zeros((), dtype=torch.float64, device=self.exp.device), 0
+        if self.epoch_loss_start is None:
+            self.epoch_loss_start = self.monitor.loss_total.clone()
+        done_here = self.skip  # a resumed epoch's mean counts the steps before the interruption too
         steps, epochs = self.data.steps_per_epoch(), self.cfg.trainer.epochs
         progress = Progress(steps, self.skip, self.cfg.trainer.progress_every_s, f"{self.epoch}/{epochs}",
                             later=steps * (epochs - self.epoch))
         self.model.train()
         for x, y in self.data.batches(self.shuffle, self.skip):
             self.step, self.skip, done_here = self.step + 1, self.skip + 1, done_here + 1
-            epoch_loss += self.train_step(x, y)
+            self.train_step(x, y)
             if self.skip >= progress.due:  # the only cost of progress lines on most steps
                 progress.check(self.skip)
             if interrupt.signum:
@@ -166,7 +175,9 @@ class Run:
                 raise Interrupted(f"stopped by {interrupt.name} at step {self.step}; checkpoint written to {path}.",
                                   interrupt.signum, self.run_dir)
         self.guard.check(self.step)
-        metrics = {tags.LOSS_TRAIN_EPOCH: epoch_loss.item() / max(done_here, 1), **evaluate(self.model.eval(), self.data)}
+        epoch_loss = (self.monitor.loss_total - self.epoch_loss_start).item() / max(done_here, 1)
+        self.epoch_loss_start = None
+        metrics = {tags.LOSS_TRAIN_EPOCH: epoch_loss, **evaluate(self.model.eval(), self.data)}
         self.val_loss = metrics[tags.LOSS_VAL]
         check_validation(self.step, self.val_loss, self.names, self.params)
         self.monitor.epoch_end(self.step, metrics)
@@ -177,8 +188,8 @@ class Run:
         self.checkpoint(self.shuffle.get_state(), numbered=every > 0 and (self.epoch - 1) % every == 0)
         return metrics
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One optimizer step, watched by the monitor; the batch's loss, still on the device. A step
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One optimizer step, watched by the monitor (which adds its loss up on the device). A step
         that logs nothing moves nothing to the host."""
         step = self.step
         logs = bool(self.monitor.due(step))
@@ -195,9 +206,8 @@ class Run:
             nn.utils.clip_grad_norm_(self.params, self.clip)
         self.optimizer.step()
         written = self.monitor.after_step(step, loss.detach(), out, y)
-        if tags.LOSS_TRAIN in written:
+        if written and tags.LOSS_TRAIN in written:
             self.train_loss = written[tags.LOSS_TRAIN]
-        return loss.detach()
 
     def checkpoint(self, shuffle_state: torch.Tensor, numbered: bool) -> Path:
         """``checkpoints/last.pt`` (and a numbered copy) at the current step. ``shuffle_state`` is
@@ -205,7 +215,14 @@ class Run:
         self.monitor.flush()  # what was logged up to here is on disk before the checkpoint that resumes from it
         return save_checkpoint(self.run_dir, self.model, self.optimizer, step=self.step, epoch=self.epoch,
                                batch_in_epoch=self.skip, shuffle_state=shuffle_state,
-                               config_yaml=self.config_yaml, numbered=numbered)
+                               config_yaml=self.config_yaml, numbered=numbered, telemetry=self.telemetry_state())
+
+    def telemetry_state(self) -> Dict[str, object]:
+        """The monitor's running state, and where the epoch in progress began (for its mean)."""
+        state = self.monitor.state_dict()
+        if self.skip and self.epoch_loss_start is not None:
+            state["epoch_loss_start"] = float(self.epoch_loss_start)
+        return state
 
     def finish(self) -> float:
         """Final weights; a finished run is no longer a failure. Returns the final validation loss."""

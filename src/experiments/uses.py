@@ -151,11 +151,12 @@ class UseViews:
         self._hooks.install()
         self.capturing = True
 
-    def stop_capture(self) -> None:
-        """Stop capturing; views a forward that raised midway left in place become Parameters again."""
+    def stop_capture(self, keep_hooks: bool = False) -> None:
+        """Stop capturing; views a forward that raised midway left in place become Parameters again.
+        ``keep_hooks``: the next step captures too (cheaper than taking the hooks off and on)."""
         self.capturing = False
         self.restore()
-        if not self.scales:
+        if not (self.scales or keep_hooks):
             self._hooks.remove()
 
     def restore(self) -> None:

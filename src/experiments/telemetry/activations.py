@@ -44,10 +44,13 @@ class ActivationStats:
         self._hooks.install()
         self.active = True
 
-    def collect(self) -> Tuple[List[str], torch.Tensor]:
-        """The tags recorded since ``start`` and one 1-D tensor holding their values."""
+    def collect(self, keep_hooks: bool = False) -> Tuple[List[str], torch.Tensor]:
+        """The tags recorded since ``start`` and one 1-D tensor holding their values. ``keep_hooks``:
+        the next step logs too (putting hooks on hundreds of modules and taking them off costs more
+        than leaving them)."""
         self.active = False
-        self._hooks.remove()
+        if not keep_hooks:
+            self._hooks.remove()
         groups: Dict[tuple, List[Tuple[str, torch.Tensor]]] = {}
         for name, dead, out in self._outputs:
             groups.setdefault((tuple(out.shape), out.dtype, out.device, dead and out.dim() > 1), []).append((name, out))
@@ -82,7 +85,7 @@ class Activations(Signal):
         self.stats.start()
 
     def after_step(self, step, record) -> None:
-        found, values = self.stats.collect()
+        found, values = self.stats.collect(keep_hooks=self.cadence == 1)
         if found:
             record.extend(found, values)
 

@@ -56,13 +56,17 @@ class Monitor:
         self.record = ScalarWriter(self.events)
         named = list(model.named_parameters())
         self._run_dir, self._purge_step, self._sub_runs = Path(run_dir), purge_step, {}
+        device = named[0][1].device if named else torch.device("cpu")
+        self.loss_total = torch.zeros((), dtype=torch.float64, device=device)  # every step's loss, added up
         watched = Watched(model, [n for n, _ in named], [p for _, p in named], uses.groups if uses else tie_groups(model),
-                          classification, self.events, uses, self.sub_run)
+                          classification, self.events, self.loss_total, uses, self.sub_run)
         self.signals: Dict[str, Signal] = {
             name: SIGNALS[name](watched) for name, every in self._every.items()
             if every and SIGNALS[name].applies(watched)
         }
-        self._per_step = [s for s in self.signals.values() if type(s).every_step is not Signal.every_step]
+        for name, signal in self.signals.items():
+            signal.cadence = self._every[name]
+        self._per_step = [s for s in self.signals.values() if s.watches_every_step()]
         self._step, self._due, self._next = 0, [], 1  # _next: the next step any signal is due
 
     def sub_run(self, name: str) -> EventFile:
@@ -102,7 +106,8 @@ class Monitor:
                    target: Optional[torch.Tensor] = None) -> Dict[str, float]:
         """Record the loss (a detached device tensor; a float works too) and what the due signals see
         after ``optimizer.step()``; write the step's event. Returns what was written. A quiet step
-        only adds the loss to a device tensor."""
+        only adds the loss to the running total, on the device."""
+        self.loss_total.add_(loss)
         for signal in self._per_step:
             signal.every_step(loss, output, target)
         due = self.due(step)
@@ -112,6 +117,18 @@ class Monitor:
             for signal in due:
                 signal.after_step(step, self.record)
             return self.record.flush(step)
+
+    def state_dict(self) -> Dict[str, object]:
+        """What a checkpoint keeps (the running loss, each signal's state): a resumed run logs what an
+        uninterrupted one would, e.g. the first loss/train point after it averages the same steps."""
+        return {"loss_total": float(self.loss_total),
+                "signals": {name: s.state_dict() for name, s in self.signals.items() if s.state_dict()}}
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        self.loss_total.fill_(state["loss_total"])
+        for name, saved in state.get("signals", {}).items():
+            if name in self.signals:
+                self.signals[name].load_state_dict(saved)
 
     def epoch_end(self, step: int, metrics: Mapping[str, float]) -> None:
         self.events.write_scalars(step, list(metrics), list(metrics.values()))

@@ -57,6 +57,7 @@ class Watched:
     groups: List[TieGroup]  # the tied parameters
     classification: bool
     events: EventFile
+    loss_total: Optional[torch.Tensor] = None  # the run's losses added up (float64, on the device)
     uses: Optional[UseViews] = None  # the per-use views of the tied parameters, if the run made them
     sub_run: Optional[Callable[[str], EventFile]] = None  # the event file of the sub-run <run>/<name>
 
@@ -77,14 +78,26 @@ class Signal:
 
     def __init__(self, watched: Watched):
         self.watched = watched
+        self.cadence = 0  # set by the monitor: every how many steps this signal logs
 
     @classmethod
     def applies(cls, watched: Watched) -> bool:
         """Whether this signal has anything to watch in this model (the tied signal needs ties)."""
         return True
 
-    def every_step(self, loss: float, output: Optional[torch.Tensor], target: Optional[torch.Tensor]) -> None:
-        """Called after every step, due or not; only signals that override it."""
+    def watches_every_step(self) -> bool:
+        """Whether :meth:`every_step` must run on every step (default: when a subclass overrides it)."""
+        return type(self).every_step is not Signal.every_step
+
+    def every_step(self, loss, output: Optional[torch.Tensor], target: Optional[torch.Tensor]) -> None:
+        """Called after every step, due or not, for the signals that :meth:`watches_every_step`."""
+
+    def state_dict(self) -> Dict[str, object]:
+        """What a checkpoint keeps of this signal, so that a resumed run logs what an uninterrupted one would."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        pass
 
     def before_forward(self, step: int) -> None:
         pass
@@ -147,20 +160,30 @@ class Loss(Signal):
 
     def __init__(self, watched: Watched):
         super().__init__(watched)
-        self._sum, self._acc, self._steps = 0.0, None, 0
+        self._last_total, self._last_step = torch.zeros_like(watched.loss_total), 0  # at the previous point
+        self._acc = None
+
+    def watches_every_step(self) -> bool:
+        return self.watched.classification  # the loss itself is the monitor's running total: no work here
 
     def every_step(self, loss, output, target) -> None:
-        self._sum = self._sum + loss  # a device tensor (one add, no transfer) or a float
-        if self.watched.classification and output is not None:
+        if output is not None:
             acc = (output.detach().argmax(-1) == target).float().mean()
             self._acc = acc if self._acc is None else self._acc + acc
-        self._steps += 1
 
     def after_step(self, step, record) -> None:
-        record.add(tags.LOSS_TRAIN, torch.as_tensor(self._sum / self._steps))
+        total, steps = self.watched.loss_total, step - self._last_step
+        record.add(tags.LOSS_TRAIN, (total - self._last_total) / steps)
         if self._acc is not None:
-            record.add(tags.ACC_TRAIN, self._acc / self._steps)
-        self._sum, self._acc, self._steps = 0.0, None, 0
+            record.add(tags.ACC_TRAIN, self._acc / steps)
+        self._last_total, self._last_step, self._acc = total.clone(), step, None
+
+    def state_dict(self):
+        return {"last_total": float(self._last_total), "last_step": self._last_step}
+
+    def load_state_dict(self, state):
+        self._last_total.fill_(state["last_total"])
+        self._last_step = state["last_step"]
 
 
 class ParamNorm(Signal):

@@ -103,7 +103,7 @@ class Tied(Signal):
         self.uses.start_capture()
 
     def after_backward(self, step, record) -> None:
-        self.uses.stop_capture()
+        self.uses.stop_capture(keep_hooks=self.cadence == 1)
         with_grad = [g for g in self.watched.groups if g.param.grad is not None]
         if with_grad:
             norms = fused_norms([g.param.grad for g in with_grad])
