@@ -9,11 +9,10 @@ from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as pure_python
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import histogram, text
 
 from conftest import read_events
-from experiments.telemetry.events import (FAST_CHECKSUMS, HISTOGRAM_BINS, EventFile, ScalarWriter, encode_scalars,
-                                         masked_crc32c)
+from experiments.telemetry.events import FAST_CHECKSUMS, EventFile, ScalarWriter, encode_scalars, masked_crc32c
+from experiments.telemetry.protos import histogram, text
 
 
 @pytest.mark.parametrize("tags, values, step", [
@@ -49,7 +48,7 @@ def test_event_file_reads_back_as_summary_writers_does(tmp_path):
     events = EventFile(tmp_path / "ours")
     for step in (1, 2, 5):
         events.write_scalars(step, ["a/x", "a/y", "b"], [step * 0.5 + i for i in range(3)])
-    events.write_summary(histogram("h", values, HISTOGRAM_BINS), 3)
+    events.write_summary(histogram("h", values), 3)
     events.write_summary(text("t", "hello **world**"), 0)
     events.close()
     ref, ours = read_events(tmp_path / "reference"), read_events(tmp_path / "ours")

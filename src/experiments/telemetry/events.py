@@ -40,17 +40,6 @@ except ImportError:  # pragma: no cover - google-crc32c is a dependency
 _FILE_NUMBER = itertools.count()
 
 
-def _tensorflow_bins() -> List[float]:
-    """The histogram bucket edges SummaryWriter calls "tensorflow": ±1e-12 growing by 10% to 1e20."""
-    edges, v = [], 1e-12
-    while v < 1e20:
-        edges.append(v)
-        v *= 1.1
-    return [-e for e in reversed(edges)] + [0.0] + edges
-
-
-HISTOGRAM_BINS = _tensorflow_bins()
-
 
 def masked_crc32c(data: bytes) -> int:
     """The record format's masked CRC-32C, as TensorBoard computes it."""
@@ -119,7 +108,7 @@ class EventFile:
         self._file.write(record(event.SerializeToString()))
 
     def write_summary(self, summary: Summary, step: int = 0) -> None:
-        """A summary built by ``torch.utils.tensorboard.summary`` (histogram, text, hparams, layout)."""
+        """A summary built by ``protos`` (histogram, text, hparams, layout)."""
         self.write_event(Event(wall_time=time.time(), step=step, summary=summary))
 
     def write_scalars(self, step: int, tags: Sequence[str], values: Sequence[float]) -> None:

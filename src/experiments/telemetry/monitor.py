@@ -14,15 +14,14 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.tensorboard.summary import text
 
 from ..errors import ConfigError
 from ..tying import tie_groups
 from ..uses import UseViews
 from . import activations, tied  # noqa: F401  (importing them registers their signals)
 from .events import EventFile, ScalarWriter
+from .protos import hparams, text
 from .signals import SIGNALS, Signal, Watched
-from .summaries import hparams_summaries
 
 
 def cadences(cfg: DictConfig, total_steps: Optional[int] = None) -> Dict[str, int]:
@@ -145,7 +144,7 @@ class Monitor:
     def hparams(self, values: Mapping[str, object], metrics: Sequence[str], name: str) -> None:
         """HParams summaries in the run's own folder (not a sub-folder: TensorBoard would show a
         second run), the session named ``name``; ``metrics`` are tags of this run's curves."""
-        for summary in hparams_summaries(values, metrics, name):
+        for summary in hparams(values, metrics, name):
             self.events.write_summary(summary)
 
     def close(self) -> None:

@@ -30,12 +30,12 @@ from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Type
 
 import torch
 from torch import nn
-from torch.utils.tensorboard.summary import histogram
 
 from ..tying import TieGroup
 from ..uses import UseViews
 from . import tags
-from .events import HISTOGRAM_BINS, EventFile, ScalarWriter
+from .events import EventFile, ScalarWriter
+from .protos import histogram
 
 
 @dataclass
@@ -248,8 +248,8 @@ class Histograms(Signal):
     def after_backward(self, step, record) -> None:
         for name, p in zip(self.watched.names, self.watched.params):
             if p.grad is not None:
-                self.watched.events.write_summary(histogram(tags.grad_histogram(name), p.grad.detach(), HISTOGRAM_BINS), step)
+                self.watched.events.write_summary(histogram(tags.grad_histogram(name), p.grad), step)
 
     def after_step(self, step, record) -> None:
         for name, p in zip(self.watched.names, self.watched.params):
-            self.watched.events.write_summary(histogram(tags.param_histogram(name), p.detach(), HISTOGRAM_BINS), step)
+            self.watched.events.write_summary(histogram(tags.param_histogram(name), p), step)

@@ -6,9 +6,6 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Set
 
 from omegaconf import DictConfig, OmegaConf
-from tensorboard.compat.proto.summary_pb2 import Summary
-from tensorboard.plugins.hparams import plugin_data_pb2
-from torch.utils.tensorboard.summary import hparams
 
 ALWAYS = ("model", "init", "data", "optim")  # groups a single run shows even at their default choice
 IN_A_SWEEP = ("model", "init")  # groups a sweep's jobs show whether or not the sweep varies them
@@ -62,13 +59,4 @@ def hparam_values(cfg: DictConfig, choices: Mapping[str, str], overrides: Sequen
         values[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return values
 
-
-def hparams_summaries(values: Mapping[str, object], metrics: Sequence[str], name: str) -> List[Summary]:
-    """The three HParams summaries of a run, its session named ``name`` (the job folder's name,
-    not TensorBoard's path of the run, which it cuts to ``multirun/2026-1…``)."""
-    experiment, start, end = hparams(dict(values), {tag: 0.0 for tag in metrics})
-    data = plugin_data_pb2.HParamsPluginData.FromString(start.value[0].metadata.plugin_data.content)
-    data.session_start_info.group_name = name
-    start.value[0].metadata.plugin_data.content = data.SerializeToString()
-    return [experiment, start, end]
 

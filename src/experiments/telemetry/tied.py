@@ -15,12 +15,12 @@ from typing import Dict, List
 
 import torch
 from torch import nn
-from torch.utils.tensorboard.summary import custom_scalars
 
 from ..errors import TieGradientMismatch
 from ..tying import TieGroup
 from ..uses import UseViews, module_sites
 from . import tags
+from .protos import custom_scalars
 from .signals import Signal, Watched, fused_norms
 
 

@@ -1,0 +1,47 @@
+"""Our summary builders produce the protobufs torch.utils.tensorboard.summary does (without importing
+TensorFlow's stub file system and boto3 at start-up)."""
+
+import pytest
+import torch
+import torch.utils.tensorboard.summary as reference
+
+from experiments.telemetry import protos
+
+
+def test_text_and_layout_are_torchs():
+    assert protos.text("ties", "| a | b |\n|---|---|") == reference.text("ties", "| a | b |\n|---|---|")
+    layout = {"tied parameters": {"2.weight: sum and uses": ["Multiline", [r"tied/2\.weight/grad_norm$"]],
+                                  "2.bias": ["Multiline", ["a", "b"]]}}
+    assert protos.custom_scalars(layout) == reference.custom_scalars(layout)
+
+
+def test_hparams_are_torchs_with_a_session_name():
+    values = {"model": "tied", "optim.lr": 0.03, "trainer.epochs": 2, "flag": True}
+    ours = protos.hparams(values, ["loss/train", "loss/val"], name="init=xavier,model=tied")
+    theirs = reference.hparams(values, {"loss/train": 0.0, "loss/val": 0.0})
+    assert ours[0] == theirs[0] and ours[2] == theirs[2]  # experiment, session end
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    start = HParamsPluginData.FromString(ours[1].value[0].metadata.plugin_data.content).session_start_info
+    expected = HParamsPluginData.FromString(theirs[1].value[0].metadata.plugin_data.content).session_start_info
+    assert start.group_name == "init=xavier,model=tied"
+    start.group_name = ""
+    assert start == expected
+
+
+@pytest.mark.parametrize("values", [torch.randn(1000), torch.zeros(5), torch.tensor([3.0]), torch.randn(7, 9) * 1e6,
+                                    torch.tensor([-1e-20, 0.0, 1e-20, 2.5])])
+def test_histograms_are_summary_writers(values):
+    ours = protos.histogram("param/0.weight", values)
+    theirs = reference.histogram("param/0.weight", values, bins=protos.HISTOGRAM_BINS)
+    assert ours == theirs
+
+
+def test_a_histogram_of_non_finite_values_does_not_crash():
+    """TensorBoard's own builder raises 'The histogram is empty, please file a bug report.'"""
+    with pytest.raises(ValueError, match="histogram is empty"):
+        reference.histogram("g", torch.tensor([float("nan"), float("inf")]), bins=protos.HISTOGRAM_BINS)
+    summary = protos.histogram("g", torch.tensor([float("nan"), float("inf")]))
+    assert summary.value[0].tag == "g" and summary.value[0].histo.num == 0
+    partial = protos.histogram("g", torch.tensor([1.0, float("nan"), 2.0]))
+    assert partial.value[0].histo.num == 2 and partial.value[0].histo.max == 2.0
