@@ -230,11 +230,18 @@ class UpdateRatio(Signal):
         self.tags = [tags.update_ratio(n) for n in watched.names]
 
     def after_backward(self, step, record) -> None:
-        self._before = self.flat.cat()  # a copy of every weight, one call
+        if len(self.flat.tensors) < FLAT_BELOW:  # a few tensors: one fused copy
+            self._before = torch._foreach_mul([p.detach() for p in self.flat.tensors], 1.0)
+        else:  # many (on the CPU): one flat copy of every weight
+            self._before = self.flat.cat()
 
     def after_step(self, step, record) -> None:
-        delta = self.flat.cat() - self._before
-        ratios = self.flat.segment_norms(delta) / self.flat.segment_norms(self._before).clamp_min(1e-30)
+        if isinstance(self._before, (list, tuple)):
+            deltas = torch._foreach_sub([p.detach() for p in self.flat.tensors], self._before)
+            ratios = fused_norms(deltas) / fused_norms(self._before).clamp_min(1e-30)
+        else:
+            delta = self.flat.cat() - self._before
+            ratios = self.flat.segment_norms(delta) / self.flat.segment_norms(self._before).clamp_min(1e-30)
         record.extend(self.tags, ratios)
         self._before = None
 
