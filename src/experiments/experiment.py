@@ -63,7 +63,14 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     if cfg.data.num_outputs is None:  # "from the data": the model's last layer interpolates this
         cfg.data.num_outputs = data.num_outputs
     model = build_model(cfg.model)
-    materialize(model, data.sample_batch())
+    sample = data.sample_batch()
+    try:
+        materialize(model, sample)
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        hint = (" Token ids need a model that starts with an Embedding: model=tied_lm or model=rnn."
+                if not sample.is_floating_point() else "")
+        raise ConfigError(f"model={cfg.model.name} cannot take data={cfg.data.name}'s input (a batch of "
+                          f"{tuple(sample.shape)} {sample.dtype}): {e}.{hint}") from None
     apply_param_ties(model, cfg.model.tie)
     init_rules = initialize(model, cfg.init)  # on the CPU: the same initial values on every device
     if not cfg.model.tie_embeddings:
