@@ -6,18 +6,24 @@
     python scripts/inspect_params.py model=tied format=json                   # the same content as JSON
     python scripts/inspect_params.py run=outputs/2026-11-22/10-30-00.412345-tied-xavier compare=init   # a run's final weights vs its initial
     python scripts/inspect_params.py run=<run folder> weights=step_00000320          # a named checkpoint
+    python scripts/inspect_params.py run=<run folder> allow_targets=mypkg.MyLayer    # a run that names code of yours
 
-Every other argument is a Hydra override, as for train.py.
+Every other argument is a Hydra override, as for train.py. A run folder is data: its config may name
+only torch.nn modules and init functions and this project's own layers, init functions and data
+loaders; allow_targets=<dotted path or glob>[,<another>] allows more, if you trust the folder.
 """
 
 import sys
 from pathlib import Path
 
 CONF = Path(__file__).resolve().parents[1] / "conf"  # this project's, as train.py uses the conf/ beside it
-OPTIONS = {"layer", "param", "format", "run", "weights", "compare"}
+OPTIONS = {"layer", "param", "format", "run", "weights", "compare", "allow_targets"}
 
 
 def main(argv):
+    if {"-h", "--help", "help"} & set(argv):
+        print(__doc__.strip())
+        return 0
     options, overrides = {}, []
     for arg in argv:
         key, sep, value = arg.partition("=")
@@ -37,13 +43,14 @@ def main(argv):
         if "run" in options:
             if overrides:
                 raise ConfigError(f"run=... uses the run's saved config; drop the overrides {' '.join(overrides)}.")
-            run = load_run(options["run"], options.get("weights", "final"))
+            allow = [t for t in options.get("allow_targets", "").split(",") if t]
+            run = load_run(options["run"], options.get("weights", "final"), allow)
             exp = run.experiment
             if "compare" in options:
-                reference = load_run(options["run"], "init").model.state_dict()
+                reference = load_run(options["run"], "init", allow).model.state_dict()
         else:
-            if "compare" in options or "weights" in options:
-                raise ConfigError("compare= and weights= need run=<run folder>.")
+            if {"compare", "weights", "allow_targets"} & set(options):
+                raise ConfigError("compare=, weights= and allow_targets= need run=<run folder>.")
             exp = compose_model(overrides, conf_dir=CONF)
         data = report(exp, options.get("layer"), options.get("param"), reference)
     except ExperimentError as e:

@@ -4,8 +4,9 @@
     python scripts/report.py outputs/2026-11-22/10-30-00.412345-tied-xavier   # a single run's folder
     python scripts/report.py <folder> --no-figures                   # only report.md and report.csv
 
-Writes report.md, report.csv and PNG figures into the folder and prints the table. Exits 1 if a
-job failed, 2 if the folder holds no run.
+Writes report.md, report.csv and PNG figures into the folder and prints the table. Exits 0 when
+every job finished; 1 if a job failed, did not finish, or (a stopped sweep) never started; 2 if
+the folder holds no run.
 """
 
 import argparse
@@ -30,7 +31,7 @@ def main(argv=None) -> int:
         return 2
     print(report.text.split("\n## Figures")[0].rstrip())
     print("\nwrote " + ", ".join(str(p) for p in report.files))
-    return 1 if report.failed else 0  # like the sweep: non-zero when a job failed
+    return 1 if report.failed or report.incomplete or report.missing else 0  # non-zero unless all finished
 
 
 if __name__ == "__main__":

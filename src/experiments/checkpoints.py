@@ -8,7 +8,10 @@ never code.
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -24,10 +27,12 @@ from .tying import TieManifest, tie_manifest, verify_ties
 def save_atomic(obj: Any, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()  # serialized first: a full disk is then a plain OSError, not torch's zip writer error
+    torch.save(obj, buffer)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -42,9 +47,25 @@ def load(path: Path) -> Dict[str, Any]:
         raise CheckpointError(f"{path}: no such file.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # it names code to run: torch refused it, and so do we
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        raise CheckpointError(f"{path}: refused: it names Python code ({found.group(1) if found else 'an object'}) that "
+                              f"loading it would run. Weights and checkpoints of this project hold only tensors and "
+                              f"plain data, so this file was not written by it or was altered; do not load it "
+                              f"unless you know who wrote it and why.") from None
     except Exception as e:  # truncated, corrupted or not a torch file
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {e}). "
                               f"The file is truncated or corrupted; use an earlier one.") from None
+
+
+def load_state(model: nn.Module, state_dict: Dict[str, Any], path: Path) -> None:
+    """``model.load_state_dict``; a file of another model is a :class:`CheckpointError` naming the keys."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split()).replace("Error(s) in loading state_dict for ", "")
+        raise CheckpointError(f"{path} does not fit this model: {detail[:600]}. It was saved from another model "
+                              f"(model.* settings); use the model it was trained with.") from None
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
@@ -57,7 +78,7 @@ def load_weights(model: nn.Module, path: Path) -> TieManifest:
     saved = load(path)
     if "state_dict" not in saved:
         raise CheckpointError(f"{path}: holds no state_dict.")
-    model.load_state_dict(saved["state_dict"])
+    load_state(model, saved["state_dict"], path)
     manifest = saved.get("tie_manifest", {})
     verify_ties(model, manifest)
     return manifest
@@ -111,16 +132,26 @@ def run_dir_of(checkpoint: Path) -> Path:
     return Path(checkpoint).parent.parent
 
 
-def restore_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
-    """Load a checkpoint into ``model`` and ``optimizer``, restore the global RNG; ties verified."""
+def load_training_state(path: Path) -> Dict[str, Any]:
+    """A training checkpoint's content, checked to be one."""
     state = load(path)
     missing = {"state_dict", "optimizer", "rng", "step", "epoch", "batch_in_epoch"} - set(state)
     if missing:
         raise CheckpointError(f"{path}: not a training checkpoint (missing {', '.join(sorted(missing))}).")
-    model.load_state_dict(state["state_dict"])
+    return state
+
+
+def restore_training_state(state: Dict[str, Any], path: Path, model: nn.Module,
+                           optimizer: Optional[torch.optim.Optimizer]) -> None:
+    """Load a checkpoint's weights into ``model`` (ties verified) and its state into ``optimizer``
+    (None: a new optimizer starts fresh), and restore the global RNG."""
+    load_state(model, state["state_dict"], path)
     verify_ties(model, state.get("tie_manifest", {}))
-    optimizer.load_state_dict(state["optimizer"])
+    if optimizer is not None:
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: its optimizer state does not fit this optimizer ({e}).") from None
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"]:
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state

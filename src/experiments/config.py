@@ -105,10 +105,37 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     checkpoint_every: int = 1  # epochs between numbered checkpoints (0: only checkpoints/last.pt)
     resume: Optional[str] = None  # a run folder, a checkpoint file, or "auto" (this run folder's last.pt)
+    resume_changes: str = "refuse"  # allow: resume with settings that differ from the checkpoint's (they are used)
     freeze: List[str] = field(default_factory=list)  # globs of parameter names that are not trained
     progress_every_s: float = 10.0  # a progress line (step/steps, rate, ETA) within an epoch this often; 0: none
     clip_grad_norm: Optional[float] = None  # clip the total gradient norm to this (grad_norm/total logs it before)
     check_every: int = 100  # steps between checks for a non-finite loss or gradient (also on every logged step)
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """What ``TrainerConfig``'s types cannot say."""
+    for key in ("epochs", "checkpoint_every"):
+        if cfg[key] < 0:
+            raise ConfigError(f"trainer.{key}={cfg[key]}: must be 0 or more.")
+    if cfg.resume_changes not in ("refuse", "allow"):
+        raise ConfigError(f"trainer.resume_changes={cfg.resume_changes!r}: use refuse (the default) or allow.")
+
+
+def check_optimizer(cfg: DictConfig) -> None:
+    """The optimizer's settings, before anything is built: torch would accept some of these silently
+    (``lr=inf``) and others only with a traceback."""
+    finite = lambda v: isinstance(v, (int, float)) and v == v and abs(v) != float("inf")  # noqa: E731
+    if "lr" in cfg and not (finite(cfg.lr) and cfg.lr > 0):
+        raise ConfigError(f"optim.lr={cfg.lr}: the learning rate must be a positive finite number.")
+    for key in ("momentum", "weight_decay"):
+        if key in cfg and not (finite(cfg[key]) and cfg[key] >= 0):
+            raise ConfigError(f"optim.{key}={cfg[key]}: must be a finite number, 0 or more.")
+    if "eps" in cfg and not (finite(cfg.eps) and cfg.eps > 0):
+        raise ConfigError(f"optim.eps={cfg.eps}: must be a positive finite number.")
+    if "betas" in cfg:
+        betas = list(cfg.betas)
+        if len(betas) != 2 or not all(finite(b) and 0 <= b < 1 for b in betas):
+            raise ConfigError(f"optim.betas={betas}: two numbers in [0, 1), e.g. [0.9, 0.999].")
 
 
 def telemetry_schema() -> type:

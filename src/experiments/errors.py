@@ -55,3 +55,13 @@ class Interrupted(RunFailed):
         super().__init__(message)
         self.exit_code = 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
         self.run_dir = Path(run_dir)
+
+
+class RunFolderTaken(ExperimentError):
+    """The run folder already holds another run, or another process is training in it. Nothing is
+    written into it, not even ``failure.txt`` (that would mark the other run failed)."""
+
+
+class StorageError(ExperimentError):
+    """A folder that cannot be written: the disk is full, the folder is read-only or not ours.
+    The message names the folder."""

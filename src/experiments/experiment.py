@@ -41,6 +41,10 @@ def freeze(model: nn.Module, patterns) -> None:
             raise ConfigError(f"trainer.freeze[{i}]={pattern!r} matches no parameter. Parameters: {', '.join(params)}.")
         for name in matched:
             params[name].requires_grad_(False)
+    if patterns and not any(p.requires_grad for p in params.values()):
+        raise ConfigError(f"trainer.freeze={list(patterns)}: freezes every parameter, so nothing would train. "
+                          f"Freeze fewer (e.g. trainer.freeze=[0.*]), or inspect the model with "
+                          f"scripts/inspect_params.py instead.")
 
 
 @dataclass

@@ -9,29 +9,75 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
+import re
+import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, List, Optional, Tuple
 
-from .errors import ExperimentError, Interrupted
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from .errors import ExperimentError, Interrupted, RunFolderTaken
 from .runs import FAILURE_FILE
+from .sweeps import quote_override_value
 
 log = logging.getLogger(__name__)
 
 
+SAFE_VALUE = re.compile(r"^[\w./:~+@%-]*$")  # a value Hydra's override grammar takes unquoted
+
+
+def _override(key: str, value: str) -> str:
+    """``key=value`` as one shell word that Hydra parses back to ``value``."""
+    if not SAFE_VALUE.match(value):
+        value = f'"{value}"' if not set(value) & set('"\\') else quote_override_value(value)
+    return shlex.quote(f"{key}={value}")
+
+
+def _original_overrides(hydra_cfg: Any) -> Tuple[List[str], List[str], Optional[Path]]:
+    """The command line's task and hydra overrides, and for a sweep its folder. A sweep job's own
+    overrides are one point of the grid: the sweep's (``init=normal,xavier``) are in its ``multirun.yaml``."""
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return list(hydra_cfg.overrides.task), list(hydra_cfg.overrides.hydra), None
+    sweep_dir = Path(hydra_cfg.sweep.dir)
+    if not sweep_dir.is_absolute():
+        sweep_dir = Path(hydra_cfg.runtime.cwd) / sweep_dir
+    try:
+        overrides = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides
+        return list(overrides.task), list(overrides.hydra), sweep_dir
+    except Exception:  # no multirun.yaml: this job's own overrides, still a sweep
+        return list(hydra_cfg.overrides.task), list(hydra_cfg.overrides.hydra), sweep_dir
+
+
 def resume_command(run_dir: Path) -> str:
-    """This command line again, continuing from ``run_dir``'s last checkpoint."""
-    args = [a for a in sys.argv[1:] if not a.startswith("trainer.resume=")]
-    return " ".join(["python train.py", *args, f"trainer.resume={run_dir}"])
+    """The command that continues this run (for a sweep job: the whole sweep, each job from its own
+    folder's last checkpoint), built from Hydra's record of the command line (inside a Slurm job
+    ``sys.argv`` is submitit's), shell-quoted."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():  # train() called from code
+        return f"python train.py <the same overrides> {_override('hydra.run.dir', str(run_dir))} trainer.resume=auto"
+    task, hydra, sweep_dir = _original_overrides(HydraConfig.get())
+    dropped = ("trainer.resume=", "hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode=")
+    kept = [shlex.quote(o) for o in [*task, *hydra] if not o.lstrip("+~").startswith(dropped)]
+    where = _override("hydra.sweep.dir", str(sweep_dir)) if sweep_dir else _override("hydra.run.dir", str(run_dir))
+    return " ".join(["python train.py", *(["-m"] if sweep_dir else []), *kept, where, "trainer.resume=auto"])
 
 
 def record_failure(run_dir: Path, error: BaseException) -> str:
-    """Log ``error`` as one paragraph and write it to ``<run_dir>/failure.txt``."""
+    """Log ``error`` as one paragraph and write it to ``<run_dir>/failure.txt`` (not into a folder
+    that holds another run: :class:`RunFolderTaken`)."""
     message = f"{type(error).__name__}: {error}"
+    if isinstance(error, RunFolderTaken):
+        log.error(message)
+        return message
+    try:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / FAILURE_FILE).write_text(message + "\n")
+    except OSError as e:  # the disk is full or the folder read-only: the message still goes to the log
+        message += f" (It could not be written to {Path(run_dir) / FAILURE_FILE}: {e.strerror}.)"
     log.error(message)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / FAILURE_FILE).write_text(message + "\n")
     return message
 
 

@@ -79,7 +79,7 @@ def check_validation(step: int, val_loss: float, names: List[str], params: List[
     culprit = next((n for n, p in zip(names, params) if not bool(torch.isfinite(p).all())), None)
     raise Diverged(
         f"training diverged by step {step}: the validation loss is {val_loss}; first parameter that is "
-        f"not finite: {culprit or 'none (the outputs overflow)'}. The last checkpoint is the last good state. "
+        f"not finite: {culprit or 'none (the outputs overflow)'}. "
         f"Lower optim.lr, pick a gentler init (init.std, init.value), or check the data."
     )
 

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from .checkpoints import load_weights
@@ -25,12 +26,19 @@ from .errors import ConfigError
 from .experiment import Experiment, build_experiment
 from .runs import saved_config, weights_path
 from .summary import parameter_rows, totals
+from .targets import only_safe_targets
 
 
 def compose_model(overrides: Sequence[str] = (), device: str = "cpu", conf_dir: Optional[Path] = None) -> Experiment:
     """The model a run with these overrides starts from: same names, same initial values
     (composed from ``conf_dir``, by default the ``conf/`` of the project the user stands in)."""
-    cfg = compose_config([*overrides, f"trainer.device={device}"], conf_dir)
+    from hydra.errors import HydraException
+
+    try:
+        cfg = compose_config([*overrides, f"trainer.device={device}"], conf_dir)
+    except (HydraException, OmegaConfBaseException) as e:  # a typo in an override: Hydra's message names it
+        cause = f" {e.__cause__}" if isinstance(e.__cause__, OmegaConfBaseException) else ""
+        raise ConfigError(" ".join(f"{e}{cause}".split())) from None
     return build_experiment(cfg)
 
 
@@ -45,12 +53,21 @@ class LoadedRun:
         return self.experiment.model
 
 
-def load_run(run_dir: Path, weights: str = "final") -> LoadedRun:
-    """A finished (or interrupted) run's model, built from its saved config, with its weights loaded."""
+def load_run(run_dir: Path, weights: str = "final", allow_targets: Sequence[str] = ()) -> LoadedRun:
+    """A finished (or interrupted) run's model, built from its saved config, with its weights loaded.
+
+    The folder is data: its config may name only ``torch.nn`` modules and init functions and this
+    project's own layers, init functions and data loaders, plus the dotted paths (or globs) in
+    ``allow_targets``; anything else is refused before it runs (see ``targets.py``)."""
     cfg = saved_config(run_dir)
     path = weights_path(run_dir, weights)
-    cfg.trainer.device = "cpu"
-    exp = build_experiment(cfg)
+    try:
+        cfg.trainer.device = "cpu"
+        with only_safe_targets(allow_targets):
+            exp = build_experiment(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"run={run_dir}: its .hydra/config.yaml is not a config this project can build "
+                          f"({' '.join(str(e).split())}).") from None
     load_weights(exp.model, path)
     return LoadedRun(exp, cfg, path)
 

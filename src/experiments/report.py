@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
-from .runs import Job, load_jobs, varying_overrides
+from .runs import Job, expected_jobs, load_jobs, varying_overrides
 from .telemetry import tags
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,8 @@ class Report:
     text: str  # the whole report.md
     files: List[Path]
     failed: List[str]  # names of the jobs that failed
+    missing: List[str]  # jobs the sweep was to run that never started (a killed sweep)
+    incomplete: List[str]  # jobs that neither finished nor failed (killed, or still running)
 
 
 def write_report(folder: Path, figures: bool = True) -> Report:
@@ -124,6 +126,10 @@ def write_report(folder: Path, figures: bool = True) -> Report:
     failed = [j for j in jobs if j.status == "failed"]
     if failed:
         parts += ["", "## Failed jobs", ""] + [f"- `{j.name}`: {j.reason}" for j in failed]
+    missing = [name for name in expected_jobs(root) or [] if name not in {j.name for j in jobs}]
+    if missing:
+        parts[2] += f"\n{len(missing)} job(s) of the sweep never started (it was stopped): {', '.join(missing)}."
+        parts += ["", "## Jobs that never started", ""] + [f"- `{name}`" for name in missing]
     files = [root / "report.csv"]
     (root / "report.csv").write_text(csv_text(columns, table))
     if figures:
@@ -136,4 +142,5 @@ def write_report(folder: Path, figures: bool = True) -> Report:
     (root / "report.md").write_text("\n".join(parts) + "\n")
     files.insert(0, root / "report.md")
     log.info("wrote %s", ", ".join(str(p) for p in files))
-    return Report(root, md_table, "\n".join(parts) + "\n", files, [j.name for j in failed])
+    return Report(root, md_table, "\n".join(parts) + "\n", files, [j.name for j in failed], missing,
+                  [j.name for j in jobs if j.status == "incomplete"])

@@ -13,9 +13,10 @@ import hashlib
 import math
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -77,7 +78,14 @@ def saved_config(run_dir: Path) -> DictConfig:
     path = Path(run_dir) / ".hydra" / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"run={run_dir}: not a run folder (no .hydra/config.yaml).")
-    return OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # YAML syntax, bad encoding: the file is damaged
+        raise ConfigError(f"run={run_dir}: {path} cannot be read ({type(e).__name__}: {' '.join(str(e).split())}).") \
+            from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"run={run_dir}: {path} does not hold a config (a mapping of keys).")
+    return cfg
 
 
 def weights_path(run_dir: Path, weights: str = "final") -> Path:
@@ -165,6 +173,38 @@ def read_curves(folder: Path) -> Tuple[Dict[str, Curve], float]:
     return curves, started
 
 
+def _masked_crc32c(data: bytes) -> Optional[int]:
+    """The record format's checksum, in C (None without google-crc32c: only lengths are checked)."""
+    try:
+        import google_crc32c
+    except ImportError:
+        return None
+    x = google_crc32c.value(bytes(data))
+    return (((x >> 15) | ((x << 17) & 0xFFFFFFFF)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def event_file_problem(path: Path) -> Optional[str]:
+    """Why an event file cannot be read to its end, or None. TensorBoard's reader stops silently at
+    the first damaged record (a live file may end in a partial one), so the curves would just end."""
+    data = Path(path).read_bytes()
+    position = 0
+    while position < len(data):
+        header, checksum = data[position:position + 8], data[position + 8:position + 12]
+        if len(checksum) < 4:
+            return f"it ends in the middle of a record (byte {position} of {len(data)})"
+        expected = _masked_crc32c(header)
+        if expected is not None and struct.unpack("<I", checksum)[0] != expected:
+            return f"the record at byte {position} of {len(data)} is damaged (its checksum does not match)"
+        end = position + 12 + struct.unpack("<Q", header)[0] + 4
+        if end > len(data):
+            return f"it ends in the middle of a record (byte {position} of {len(data)})"
+        expected = _masked_crc32c(data[position + 12:end - 4])
+        if expected is not None and struct.unpack("<I", data[end - 4:end])[0] != expected:
+            return f"the record at byte {position} of {len(data)} is damaged (its checksum does not match)"
+        position = end
+    return None
+
+
 def status_of(folder: Path) -> Tuple[str, str]:
     failure, final = folder / FAILURE_FILE, folder / WEIGHTS_FINAL
     if failure.exists() and (not final.exists() or failure.stat().st_mtime >= final.stat().st_mtime):
@@ -182,9 +222,43 @@ def load_job(folder: Path, root: Path) -> Job:
         choices = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
         job.choices = {str(k): str(v) for k, v in choices.items() if not str(k).startswith("hydra")}
     job.status, job.reason = status_of(folder)
-    if any(n.startswith(EVENTS) for n in os.listdir(folder)):
+    events = sorted(p for p in folder.iterdir() if p.name.startswith(EVENTS))
+    if events:
         job.curves, job.started = read_curves(folder)
+    for path in events:
+        problem = event_file_problem(path)
+        if problem and (job.status == "ok" or "damaged" in problem):  # a killed run may end in a partial record
+            job.status = "failed"
+            job.reason = f"its event file {path.name} cannot be read to the end: {problem}; the curves stop there. " \
+                         + job.reason
     return job
+
+
+def expected_jobs(sweep_dir: Path) -> Optional[List[str]]:
+    """The job folders a sweep of Hydra's basic sweeper was to make, from its ``multirun.yaml`` (None
+    when that cannot be known: no such file, another sweeper, job folders named otherwise)."""
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra = OmegaConf.load(path).hydra
+    subdir = OmegaConf.to_container(hydra.sweep, resolve=False).get("subdir")
+    if not str(hydra.sweeper.get("_target_", "")).endswith("BasicSweeper") or \
+            subdir != "${job_dirname:${hydra.job.override_dirname}}":
+        return None
+    naming = hydra.job.config.override_dirname
+    parser = OverridesParser.create()
+    try:
+        grid = BasicSweeper.split_arguments(parser.parse_overrides(list(hydra.overrides.task)), None)[0]
+    except Exception:  # a sweep syntax that needs the config to expand (glob): not predicted
+        return None
+    names = []
+    for job in grid:
+        lines = sorted(o.input_line for o in parser.parse_overrides(job) if o.key_or_group not in naming.exclude_keys)
+        names.append(job_dirname(naming.item_sep.join(lines).replace("=", naming.kv_sep)))
+    return names
 
 
 def load_jobs(root: Path) -> List[Job]:

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,13 +22,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .checkpoints import find_checkpoint, restore_checkpoint, run_dir_of, save_checkpoint, save_weights
+from .checkpoints import (find_checkpoint, load_training_state, restore_training_state, run_dir_of, save_checkpoint,
+                          save_weights)
+from .config import check_optimizer, check_trainer
 from .data import Dataset
-from .errors import ConfigError, Interrupted
+from .errors import ConfigError, Diverged, Interrupted
 from .experiment import build_experiment
 from .guards import DivergenceGuard, InterruptGuard, check_validation
 from .progress import Progress
-from .runs import FAILURE_FILE, WEIGHTS_FINAL, WEIGHTS_INIT, tensorboard_command
+from .resume import Change, check_changes, config_changes, describe, restore_hydra_config, set_hyperparameters
+from .run_folder import RunLock, discard_events, refuse_previous_run, remove_temporaries, storage_errors
+from .runs import FAILURE_FILE, LAST, WEIGHTS_FINAL, WEIGHTS_INIT, checkpoint_dir, tensorboard_command
 from .summary import summary_markdown
 from .telemetry import tags
 from .telemetry.monitor import Monitor, cadences
@@ -87,6 +91,8 @@ class Run:
 
     def __init__(self, cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        check_trainer(cfg.trainer)
+        check_optimizer(cfg.optim)
         self.exp = build_experiment(cfg)  # every config check happens here, before anything is written
         cadences(cfg.telemetry)  # a bad telemetry cadence too
         self.model, self.data = self.exp.model, self.exp.data
@@ -110,16 +116,60 @@ class Run:
         self.train_loss = float("nan")  # the last loss/train point: the mean since the point before
         self.epoch_loss_start = None  # the running loss total when the epoch in progress began
 
+        self.checkpointed: Optional[int] = None  # the step of the last checkpoint, once there is one
+
         checkpoint = find_checkpoint(cfg.trainer.resume, self.run_dir) if cfg.trainer.resume else None
-        state = {}
+        state, changes = {}, []
         if checkpoint:
             self.run_dir = run_dir_of(checkpoint)
-            state = restore_checkpoint(checkpoint, self.model, self.optimizer)
+            state = load_training_state(checkpoint)
+            changes = self.check_resume(state, checkpoint, hydra_dir=Path(run_dir))
+        self.lock = RunLock.acquire(self.run_dir)  # one process per run folder
+        try:
+            self.start(checkpoint, state, changes, choices or {})
+        except BaseException:
+            self.lock.release()
+            raise
+        log.info("training %s (%d parameters, %d tied) on %s: %d epochs of %d steps; run folder %s",
+                 cfg.model.name, sum(p.numel() for p in self.params), len(self.exp.manifest), self.exp.device,
+                 cfg.trainer.epochs, self.data.steps_per_epoch(), self.run_dir)
+
+    def check_resume(self, state: Dict, checkpoint: Path, hydra_dir: Path) -> List[Change]:
+        """What differs from the checkpoint's config; refused unless ``trainer.resume_changes=allow``."""
+        if not state.get("config"):
+            log.warning("%s records no config: cannot check that this command continues the same experiment",
+                        checkpoint)
+            return []
+        changes = config_changes(state["config"], self.config_yaml)
+        try:
+            check_changes(changes, self.cfg.trainer.resume_changes, checkpoint)
+        except ConfigError:
+            if hydra_dir.resolve() == self.run_dir.resolve():  # Hydra just wrote this command's config there
+                restore_hydra_config(self.run_dir, state["config"])
+            raise
+        return changes
+
+    def start(self, checkpoint: Optional[Path], state: Dict, changes: List[Change], choices: Mapping[str, str]):
+        """Into the locked run folder: the restored state (resumed) or ``weights_init.pt``, then the monitor."""
+        cfg = self.cfg
+        if not cfg.trainer.resume:
+            refuse_previous_run(self.run_dir)  # a run folder is one run
+        remove_temporaries(self.run_dir)
+        if checkpoint:
+            new_optimizer = any(c.key == "optim._target_" for c in changes)
+            restore_training_state(state, checkpoint, self.model, None if new_optimizer else self.optimizer)
+            set_hyperparameters(self.optimizer, cfg.optim)  # the config's lr & co., not the checkpoint's
             self.step, self.epoch, self.skip = state["step"], state["epoch"], state["batch_in_epoch"]
             self.shuffle.set_state(state["rng"]["shuffle"])
+            self.checkpointed = self.step
             log.info("resuming from %s at step %d (epoch %d, %d batches done)", checkpoint, self.step, self.epoch,
                      self.skip)
+            if changes:
+                log.warning("resuming with settings that differ from the checkpoint's (trainer.resume_changes=allow):"
+                            "\n%s", describe(changes))
         else:
+            if cfg.trainer.resume == "auto":
+                discard_events(self.run_dir)  # an attempt killed before its first checkpoint: start over
             save_weights(self.model, self.run_dir / WEIGHTS_INIT)
         total_steps = cfg.trainer.epochs * self.data.steps_per_epoch()
         self.monitor = Monitor(self.run_dir, self.model, cfg.telemetry, purge_step=self.step + 1 if checkpoint else None,
@@ -129,14 +179,13 @@ class Run:
             if "epoch_loss_start" in state["telemetry"] and self.skip:  # resumed within an epoch
                 self.epoch_loss_start = torch.tensor(state["telemetry"]["epoch_loss_start"], dtype=torch.float64,
                                                      device=self.monitor.loss_total.device)
+        if checkpoint and changes:
+            self.monitor.text("resume_changes", describe(changes), self.step)
         if not checkpoint:
             self.monitor.text("config", "    " + self.config_yaml.replace("\n", "\n    "))
             self.monitor.text("ties", ties_markdown(self.exp.manifest))
             self.monitor.text("summary", summary_markdown(self.model, self.exp.init_rules))
-            self.monitor.hparams(self.hparams(cfg, choices or {}), self.metric_tags(), self.run_dir.name)
-        log.info("training %s (%d parameters, %d tied) on %s: %d epochs of %d steps; run folder %s",
-                 cfg.model.name, sum(p.numel() for p in self.params), len(self.exp.manifest), self.exp.device,
-                 cfg.trainer.epochs, self.data.steps_per_epoch(), self.run_dir)
+            self.monitor.hparams(self.hparams(cfg, choices), self.metric_tags(), self.run_dir.name)
 
     @staticmethod
     def hparams(cfg: DictConfig, choices: Mapping[str, str]) -> Dict[str, object]:
@@ -213,9 +262,18 @@ class Run:
         """``checkpoints/last.pt`` (and a numbered copy) at the current step. ``shuffle_state`` is
         the shuffle generator's state at the start of the epoch in progress."""
         self.monitor.flush()  # what was logged up to here is on disk before the checkpoint that resumes from it
-        return save_checkpoint(self.run_dir, self.model, self.optimizer, step=self.step, epoch=self.epoch,
+        path = save_checkpoint(self.run_dir, self.model, self.optimizer, step=self.step, epoch=self.epoch,
                                batch_in_epoch=self.skip, shuffle_state=shuffle_state,
                                config_yaml=self.config_yaml, numbered=numbered, telemetry=self.telemetry_state())
+        self.checkpointed = self.step
+        return path
+
+    def last_good_state(self) -> str:
+        """For a divergence message: what is left to go back to."""
+        if self.checkpointed is None:
+            return "No checkpoint was written yet (it diverged before the end of its first epoch)."
+        return (f"The last checkpoint, {checkpoint_dir(self.run_dir) / LAST} (step {self.checkpointed}), holds the "
+                f"last good state.")
 
     def telemetry_state(self) -> Dict[str, object]:
         """The monitor's running state, and where the epoch in progress began (for its mean)."""
@@ -241,13 +299,20 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
     With ``trainer.resume`` it continues a run from its checkpoint instead (in that run's
     folder). Returns the final validation loss, the number a sweeper minimises.
     """
-    run = Run(cfg, run_dir, choices)
-    with InterruptGuard() as interrupt:
+    with storage_errors(run_dir):  # a full disk or a read-only folder: one paragraph naming it
+        run = Run(cfg, run_dir, choices)
         try:
-            while run.epoch <= cfg.trainer.epochs:
-                run.train_epoch(interrupt)
+            with InterruptGuard() as interrupt:
+                try:
+                    while run.epoch <= cfg.trainer.epochs:
+                        run.train_epoch(interrupt)
+                except Diverged as error:
+                    error.args = (f"{error} {run.last_good_state()}",)
+                    raise
+                finally:
+                    run.monitor.close()
+                    if run.uses:
+                        run.uses.close()
+            return run.finish()
         finally:
-            run.monitor.close()
-            if run.uses:
-                run.uses.close()
-    return run.finish()
+            run.lock.release()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from omegaconf import MISSING, DictConfig, open_dict
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from ..errors import ConfigError
 from ..targets import resolve
@@ -38,6 +38,10 @@ def complete(cfg: DictConfig) -> None:
 def load_data(cfg: DictConfig, seed: int) -> Dataset:
     """Build the dataset that ``cfg`` (the ``data`` node) names, and check it fits the config."""
     complete(cfg)
+    missing = [key for key in cfg if OmegaConf.is_missing(cfg, key)]
+    if missing:
+        raise ConfigError(f"data={cfg.name} needs {', '.join(f'data.{k}' for k in missing)}: give "
+                          f"{' '.join(f'data.{k}=...' for k in missing)} on the command line (or in its YAML).")
     if cfg.task not in TASKS:
         raise ConfigError(f"data.task={cfg.task!r}: must be one of {', '.join(TASKS)}.")
     for key in ("n_train", "n_val", "batch_size"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -43,10 +44,27 @@ class Config(DataConfig):
 
 def _number(value: str, path: Path, line: int, column: str) -> float:
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise DataError(f"data.path={path}: row {line}, column '{column}' holds {value!r}, which is not a "
                           f"number. Fix the file, or leave the column out with data.features=[...].") from None
+    if not math.isfinite(number):
+        raise DataError(f"data.path={path}: row {line}, column '{column}' holds {value!r}, which is not a finite "
+                        f"number (training on it would diverge). Fix or drop the row, or leave the column out "
+                        f"with data.features=[...].")
+    return number
+
+
+def _read(path: Path):
+    """The header and the non-empty rows (with their line numbers) of a UTF-8 CSV file."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader, [])]
+            return header, [(i, row) for i, row in enumerate(reader, start=2) if row]
+    except UnicodeDecodeError as e:
+        raise DataError(f"data.path={path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}). "
+                        f"Save the table as UTF-8 CSV.") from None
 
 
 def _class_indices(values: List[str]) -> List[int]:
@@ -62,12 +80,13 @@ def load(cfg: DictConfig, seed: int) -> Dataset:
     path = Path(cfg.path)
     if not path.is_file():
         raise ConfigError(f"data.path={cfg.path}: no such file.")
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        rows = [(i, row) for i, row in enumerate(reader, start=2) if row]
+    header, rows = _read(path)
     if not header:
         raise DataError(f"data.path={cfg.path}: the file is empty; it needs a header row naming the columns.")
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise DataError(f"data.path={path}: the header names {', '.join(map(repr, repeated))} more than once; "
+                        f"a column must be named once to be chosen by name.")
     if cfg.target not in header:
         raise ConfigError(f"data.target={cfg.target!r}: no such column in {path}. Columns: {', '.join(header)}.")
     features = list(cfg.features) if cfg.features else [c for c in header if c != cfg.target]
@@ -90,6 +109,9 @@ def load(cfg: DictConfig, seed: int) -> Dataset:
     if cfg.task == "classification":
         y = torch.tensor(_class_indices(labels), dtype=torch.int64)
         num_outputs = int(y.max()) + 1
+        if num_outputs < 2:
+            raise DataError(f"data.path={path}: the target column {cfg.target!r} holds one class only "
+                            f"({labels[0]!r}); classification needs at least two. Is data.target the right column?")
     else:
         y = torch.tensor([[_number(v, path, line, cfg.target)] for (line, _), v in zip(rows, labels)])
         num_outputs = 1

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -38,6 +39,8 @@ class Config(DataConfig):
     num_outputs: Optional[int] = 10
     root: str = "data/fashion_mnist"  # the four IDX .gz files; data.download=true fetches them here
     download: bool = False
+    url: str = BASE_URL  # where data.download fetches them from (a mirror: the same four files)
+    download_timeout: float = 600.0  # seconds for the whole download of a file (a stall fails after 30 s)
     batch_size: int = 256
 
 
@@ -49,8 +52,11 @@ def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (gzipped or not): magic 0x0000 <type> <ndim>, big-endian dims, data."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise IDXError(f"{path}: not a complete gzip file ({e}); delete it and download it again.") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise IDXError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'}).")
     ndim = raw[3]
@@ -66,16 +72,34 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
 
 
-def download(root: Path, base_url: str = BASE_URL, files: Dict[str, str] = FILES) -> None:
+def download(root: Path, base_url: str = BASE_URL, files: Dict[str, str] = FILES, deadline: float = 600.0) -> None:
     """Fetch the missing files into ``root`` with progress lines, verifying each MD5."""
+    avoid = (f"put the four files into data.root={root} yourself and leave data.download=false (a slow server: "
+             f"raise data.download_timeout; another mirror: data.url)")
     for name, md5 in files.items():
-        fetch(base_url + name, Path(root) / name, md5)
+        fetch(base_url.rstrip("/") + "/" + name, Path(root) / name, md5, deadline=deadline, avoid=avoid)
+
+
+def check_pair(images: np.ndarray, labels: np.ndarray, names: Tuple[str, str], root: str) -> None:
+    """Images ``(n, rows, cols)`` and ``n`` labels in 0..9."""
+    if images.ndim != 3 or labels.ndim != 1:
+        raise DataError(f"data.root={root}: {names[0]} holds an array of shape {images.shape} and {names[1]} one "
+                        f"of shape {labels.shape}; expected (n, 28, 28) images and n labels.")
+    if len(images) != len(labels):
+        raise DataError(f"data.root={root}: {names[0]} holds {len(images)} images but {names[1]} holds "
+                        f"{len(labels)} labels; the files do not belong together.")
+    if len(labels) and (labels.min() < 0 or labels.max() >= 10):
+        bad = int(np.flatnonzero((labels < 0) | (labels >= 10))[0])
+        raise DataError(f"data.root={root}: {names[1]} holds label {int(labels[bad])} at index {bad}; "
+                        f"Fashion-MNIST has the classes 0 to 9.")
 
 
 def load(cfg: DictConfig, seed: int) -> Dataset:
     root = Path(cfg.root)
+    if not cfg.download_timeout > 0:
+        raise ConfigError(f"data.download_timeout={cfg.download_timeout}: seconds, more than 0.")
     if cfg.download:
-        download(root)
+        download(root, cfg.url, deadline=cfg.download_timeout)
     missing = [name for name in FILES if not (root / name).exists()]
     if missing:
         raise ConfigError(f"data.root={cfg.root}: missing {', '.join(missing)}. Put the four Fashion-MNIST "
@@ -84,8 +108,10 @@ def load(cfg: DictConfig, seed: int) -> Dataset:
         arrays = {name: read_idx(root / name) for name in FILES}
     except IDXError as e:
         raise DataError(f"data.root={cfg.root}: {e}") from None
+    names = list(FILES)
+    check_pair(arrays[names[0]], arrays[names[1]], (names[0], names[1]), cfg.root)
+    check_pair(arrays[names[2]], arrays[names[3]], (names[2], names[3]), cfg.root)
     images = lambda a: torch.tensor(a.reshape(len(a), -1), dtype=torch.float32) / 255.0  # noqa: E731
     labels = lambda a: torch.tensor(a.astype(np.int64))  # noqa: E731
-    names = list(FILES)
     return Dataset(images(arrays[names[0]]), labels(arrays[names[1]]), images(arrays[names[2]]),
                    labels(arrays[names[3]]), "classification", cfg.batch_size, 10)

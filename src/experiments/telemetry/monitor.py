@@ -138,8 +138,8 @@ class Monitor:
         for events in [self.events, *self._sub_runs.values()]:
             events.flush()
 
-    def text(self, tag: str, markdown: str) -> None:
-        self.events.write_summary(text(tag, markdown), 0)
+    def text(self, tag: str, markdown: str, step: int = 0) -> None:
+        self.events.write_summary(text(tag, markdown), step)
 
     def hparams(self, values: Mapping[str, object], metrics: Sequence[str], name: str) -> None:
         """HParams summaries in the run's own folder (not a sub-folder: TensorBoard would show a
