@@ -1,5 +1,7 @@
 """Weights on disk: atomic writes, data-only reads, ties kept."""
 
+import os
+
 import pytest
 import torch
 
@@ -56,8 +58,27 @@ class Payload:
     """Any class outside torch's allow-list: loading it would run code."""
 
 
-def test_code_is_not_loaded(tmp_path):
+class Runs:
+    """Unpickling this runs a command."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("payload, named", [(Payload(), "test_checkpoints.Payload"), (Runs(), "system")])
+def test_code_is_refused_and_said_to_be_code(tmp_path, payload, named):
     path = tmp_path / "evil.pt"
-    torch.save({"x": Payload()}, path)
-    with pytest.raises(CheckpointError):
+    torch.save({"x": payload}, path)
+    with pytest.raises(CheckpointError) as caught:
         load(path)
+    message = str(caught.value)
+    assert f"{path}: refused: it names Python code" in message and named in message
+    assert "truncated" not in message and "weights_only=False" not in message  # no advice to run it
+
+
+def test_weights_of_another_model_are_named(make_cfg, tmp_path):
+    save_weights(tied(make_cfg, 0), tmp_path / "w.pt")
+    other = build_model(make_cfg(["model=mlp"]).model)
+    materialize(other, torch.rand(2, 4))
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'w.pt'} does not fit this model: .*Unexpected key"):
+        load_weights(other, tmp_path / "w.pt")

@@ -5,6 +5,7 @@ import hashlib
 import http.server
 import struct
 import threading
+import time
 from functools import partial
 
 import numpy as np
@@ -73,6 +74,28 @@ def test_fashion_mnist_from_idx_files(tmp_path, make_cfg):
         load_data(make_cfg(["data=fashion_mnist", f"data.root={tmp_path / 'empty'}"]).data, 0)
 
 
+def test_csv_without_a_target_names_the_missing_key(tmp_path, make_cfg):
+    path = write_csv(tmp_path / "t.csv", REGRESSION)
+    with pytest.raises(ConfigError, match="data=csv needs data.target: give data.target=..."):
+        load_data(make_cfg(["data=csv", f"data.path={path}"]).data, 0)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"train-labels-idx1-ubyte.gz": np.zeros(11, dtype=np.uint8)}, "holds 12 images but train-labels-idx1-ubyte.gz holds 11"),
+    ({"t10k-labels-idx1-ubyte.gz": np.array([1, 2, 10, 3, 4], dtype=np.uint8)}, "holds label 10 at index 2"),
+    ({"t10k-images-idx3-ubyte.gz": b"plain bytes, not gzip"}, "not a complete gzip file"),
+])
+def test_fashion_mnist_files_that_do_not_belong_together(tmp_path, make_cfg, change, message):
+    fashion_files(tmp_path)
+    for name, content in change.items():
+        if isinstance(content, bytes):
+            (tmp_path / name).write_bytes(content)
+        else:
+            write_idx(tmp_path / name, content)
+    with pytest.raises(DataError, match=message):
+        load_data(make_cfg(["data=fashion_mnist", f"data.root={tmp_path}"]).data, 0)
+
+
 def test_download_verifies_checksums_over_loopback(tmp_path, caplog):
     served = tmp_path / "served"
     arrays = fashion_files(served)
@@ -93,6 +116,86 @@ def test_download_verifies_checksums_over_loopback(tmp_path, caplog):
         assert not (tmp_path / "root" / "t10k-labels-idx1-ubyte.gz").exists()  # nothing corrupt is kept
     finally:
         server.shutdown()
+
+
+class Misbehaving(http.server.BaseHTTPRequestHandler):
+    """/missing: 404; /stall: 10 bytes of 1000, then nothing; /drip: a byte every 0.2 s."""
+
+    stop = threading.Event()
+
+    def do_GET(self):
+        if self.path.startswith("/missing"):
+            self.send_error(404, "Not Found")
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        try:
+            if self.path.startswith("/stall"):
+                self.wfile.write(b"x" * 10)
+                self.wfile.flush()
+                self.stop.wait(10)
+            else:
+                for _ in range(1000):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    if self.stop.wait(0.2):
+                        break
+        except OSError:  # the client gave up
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def misbehaving_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Misbehaving)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    Misbehaving.stop.set()
+    server.shutdown()
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("path, message", [
+    ("/missing/f.gz", "the server answered HTTP 404 Not Found"),
+    ("/stall/f.gz", "no data for 0.5 s: the server or the network stalled"),
+    ("/drip/f.gz", "not finished within the deadline of 1.5 s"),
+    (None, "cannot reach the server"),
+])
+def test_a_download_that_cannot_finish_fails_in_time_and_leaves_nothing(misbehaving_server, tmp_path, path, message):
+    from experiments.data.download import fetch
+
+    url = misbehaving_server + path if path else f"http://127.0.0.1:{closed_port()}/f.gz"
+    started = time.monotonic()
+    with pytest.raises(DataError) as caught:
+        fetch(url, tmp_path / "f.gz", "0" * 32, timeout=0.5, deadline=1.5, avoid="put the file there yourself")
+    assert time.monotonic() - started < 3  # the drip alone would take 200 s
+    assert f"data.download: {url}: {message}" in str(caught.value) and "put the file there yourself" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []  # no .part left behind
+
+
+def test_a_failed_download_is_one_paragraph_and_failure_txt(misbehaving_server, tmp_path):
+    from experiments.config import compose_config
+    from experiments.failures import run_and_report
+    from experiments.training import train
+
+    cfg = compose_config(["data=fashion_mnist", "data.download=true", f"data.root={tmp_path / 'data'}",
+                          f"data.url={misbehaving_server}/missing/"])
+    with pytest.raises(SystemExit):
+        run_and_report(train, cfg, tmp_path / "run", {}, multirun=False)
+    reason = (tmp_path / "run" / "failure.txt").read_text()
+    assert f"{misbehaving_server}/missing/train-images-idx3-ubyte.gz: the server answered HTTP 404" in reason
+    assert "data.download=false" in reason and not list((tmp_path / "data").iterdir())
 
 
 def write_csv(path, text):
@@ -175,6 +278,10 @@ def test_csv_classification_with_named_classes(tmp_path, make_cfg):
     ("a,y\n1,2\n3,oops\n5,6\n", [], "row 3, column 'y' holds 'oops'"),
     ("a,y\n1,2\nx,4\n5,6\n", [], "row 3, column 'a' holds 'x'"),
     ("a,y\n1,2\n3\n5,6\n", [], "row 3 has 1 fields"),
+    ("a,y\n1,2\n3,4\nnan,6\n", [], "row 4, column 'a' holds 'nan', which is not a finite number"),
+    ("a,y\n1,2\n3,-inf\n5,6\n", [], "row 3, column 'y' holds '-inf', which is not a finite number"),
+    ("a,a,y\n1,2,3\n3,4,5\n5,6,7\n", [], "the header names 'a' more than once"),
+    ("a,y\n1,cat\n3,cat\n5,cat\n", ["data.task=classification"], "target column 'y' holds one class only"),
 ])
 def test_csv_bad_input_names_file_column_row(tmp_path, make_cfg, text, overrides, message):
     path = tmp_path / "bad.csv"

@@ -26,6 +26,9 @@ CASES = {  # overrides -> text the message must contain
     "trainer.resume=/nonexistent/run": "trainer.resume=/nonexistent/run",
     "telemetry.loss.every=0": "telemetry.loss.every=0",
     "data=zipf_text data.n_train=200 data.n_val=50": "Token ids need a model that starts with an Embedding",
+    'trainer.freeze=["*"]': "trainer.freeze=['*']: freezes every parameter",
+    "data=csv": "data=csv needs data.path, data.target",
+    "data=csv data.path={root}/latin1.csv data.target=y": "not UTF-8 text (byte 0xe9 in row 2",
 }
 if not torch.cuda.is_available():
     CASES["trainer.device=cuda"] = "trainer.device=cuda: this machine has no CUDA device"
@@ -34,12 +37,13 @@ if not torch.cuda.is_available():
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
+    (root / "latin1.csv").write_bytes("a,y\ncaf\u00e9,1\n".encode("latin-1"))
 
     def run(item):
         i, overrides = item
         run_dir = root / f"case{i}"
         started = time.perf_counter()
-        result = run_cli([*overrides.split(), f"hydra.run.dir={run_dir}"], timeout=60)
+        result = run_cli([*overrides.format(root=root).split(), f"hydra.run.dir={run_dir}"], timeout=60)
         return overrides, (result, run_dir, time.perf_counter() - started)
 
     with ThreadPoolExecutor(max_workers=3) as pool:
@@ -58,3 +62,28 @@ def test_bad_input_is_named_and_nothing_half_written(results, overrides):
     assert not [n for n in written if n.startswith("events.out") or n.endswith(".pt")], written
     if run_dir.exists() and (run_dir / ".hydra").exists():  # our checks: the reason is kept
         assert CASES[overrides] in (run_dir / "failure.txt").read_text()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optim.lr=nan"], "optim.lr=nan: the learning rate must be a positive finite number"),
+    (["optim.lr=inf"], "optim.lr=inf: the learning rate must be a positive finite number"),
+    (["optim.lr=-1"], "optim.lr=-1.0: the learning rate"),
+    (["optim.lr=0"], "optim.lr=0.0: the learning rate"),
+    (["optim.momentum=-1"], "optim.momentum=-1.0: must be a finite number, 0 or more"),
+    (["optim.weight_decay=-0.1"], "optim.weight_decay=-0.1: must be"),
+    (["optim=adam", "optim.betas=[0.9]"], "optim.betas=[0.9]: two numbers in [0, 1)"),
+    (["optim=adam", "optim.betas=[0.9,1.5]"], "optim.betas=[0.9, 1.5]"),
+    (["optim=adam", "optim.eps=0"], "optim.eps=0.0: must be a positive finite number"),
+    (["trainer.epochs=-5"], "trainer.epochs=-5: must be 0 or more"),
+    (["trainer.checkpoint_every=-3"], "trainer.checkpoint_every=-3: must be 0 or more"),
+    (["trainer.resume_changes=maybe"], "trainer.resume_changes='maybe': use refuse"),
+])
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path, overrides, message):
+    from experiments.config import compose_config
+    from experiments.errors import ConfigError
+    from experiments.training import train
+
+    with pytest.raises(ConfigError) as caught:
+        train(compose_config(overrides), tmp_path / "run")
+    assert message in str(caught.value)
+    assert not (tmp_path / "run").exists()

@@ -7,7 +7,7 @@ import torch
 
 from conftest import run_cli
 from experiments import compose_model, load_run, parameter_table
-from experiments.errors import CheckpointError
+from experiments.errors import CheckpointError, ConfigError
 
 
 def inspect(*args):
@@ -101,3 +101,67 @@ def test_notebook_api_builds_what_a_run_starts_from(trained_run):
     rows = parameter_table(run.model, reference=saved)
     assert [r["name"] for r in rows] == ["0.weight", "0.bias", "2.weight", "2.bias", "6.weight", "6.bias"]
     assert rows[-1]["moved"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def untrusted_run(trained_run, tmp_path_factory):
+    """A copy of a run whose config names os.system as a layer, with a command that leaves a marker."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    folder = tmp_path_factory.mktemp("untrusted") / "run"
+    shutil.copytree(trained_run, folder)
+    marker = folder.parent / "marker"
+    cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    cfg.model.layers[1] = {"_target_": "os.system", "command": f"touch {marker}"}
+    OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
+    return folder, marker
+
+
+def test_a_run_folder_that_names_code_is_refused_without_running_it(untrusted_run):
+    folder, marker = untrusted_run
+    with pytest.raises(ConfigError, match="model.layers\\[1\\]._target_: refused to run 'os.system'"):
+        load_run(folder)
+    assert not marker.exists()
+
+
+def test_allow_targets_lets_a_trusted_layer_of_ones_own_in(trained_run, tmp_path, monkeypatch):
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    (tmp_path / "mylayers.py").write_text("from torch import nn\n\nclass Same(nn.Identity):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    folder = tmp_path / "run"
+    shutil.copytree(trained_run, folder)
+    cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    cfg.model.layers[1] = {"_target_": "mylayers.Same"}  # in place of a ReLU: the weights still fit
+    OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
+    with pytest.raises(ConfigError, match="refused to run 'mylayers.Same'"):
+        load_run(folder)
+    assert type(load_run(folder, allow_targets=["mylayers.*"]).model[1]).__name__ == "Same"
+
+
+INSPECT_CASES = {  # arguments -> (exit code, what the output must say)
+    "--help": (0, "Inspect a configured model's parameters"),
+    "model.widht=3": (1, "Key 'widht' not in 'ModelConfig'"),
+    "run={untrusted}": (1, "refused to run 'os.system': a config read from a run folder is data"),
+    "run={broken}": (1, ".hydra/config.yaml cannot be read"),
+}
+
+
+def test_inspect_bad_input_is_one_paragraph(untrusted_run, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder, marker = untrusted_run
+    broken = tmp_path / "broken"
+    (broken / ".hydra").mkdir(parents=True)
+    (broken / ".hydra" / "config.yaml").write_text("model: [\n")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        args = [case.format(untrusted=folder, broken=broken) for case in INSPECT_CASES]
+        results = list(pool.map(inspect, args))
+    for (case, (code, message)), result in zip(INSPECT_CASES.items(), results):
+        output = result.stdout + result.stderr
+        assert result.returncode == code and message in output and "Traceback" not in output, (case, output)
+    assert not marker.exists()

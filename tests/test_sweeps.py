@@ -340,3 +340,21 @@ def test_optuna_preset_records_its_best_parameters(tmp_path):
     report(folder, "--no-figures")
     assert "Optuna's best trial" in (folder / "report.md").read_text()
     assert not math.isnan(float(sorted(read_csv(folder).values(), key=lambda r: int(r["rank"]))[0]["loss/val"]))
+
+
+def test_report_calls_a_run_with_a_damaged_event_file_failed(tmp_path):
+    """TensorBoard's reader stops silently at a damaged record; the report says so instead of "ok"."""
+    from experiments.config import compose_config
+    from experiments.report import write_report
+    from experiments.training import train
+
+    run_dir = tmp_path / "run"
+    train(compose_config(["trainer.epochs=2", "data.n_train=200"]), run_dir)
+    (events,) = run_dir.glob("events.out.tfevents.*")
+    data = bytearray(events.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    events.write_bytes(bytes(data))
+    written = write_report(run_dir, figures=False)
+    assert written.failed == ["run"]
+    assert f"its event file {events.name} cannot be read to the end: the record at byte" in written.text
+    assert "is damaged (its checksum does not match)" in written.text

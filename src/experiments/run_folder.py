@@ -103,6 +103,7 @@ class RunLock:
     @classmethod
     def acquire(cls, folder: Path) -> "RunLock":
         lock = cls(folder)
+        Path(folder).mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             try:
                 fd = os.open(lock.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

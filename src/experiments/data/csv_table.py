@@ -62,9 +62,15 @@ def _read(path: Path):
             reader = csv.reader(f)
             header = [h.strip() for h in next(reader, [])]
             return header, [(i, row) for i, row in enumerate(reader, start=2) if row]
-    except UnicodeDecodeError as e:
-        raise DataError(f"data.path={path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}). "
-                        f"Save the table as UTF-8 CSV.") from None
+    except UnicodeDecodeError:
+        raw = path.read_bytes()
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            row = raw.count(b"\n", 0, e.start) + 1
+            raise DataError(f"data.path={path}: not UTF-8 text (byte {raw[e.start]:#04x} in row {row}, at byte "
+                            f"offset {e.start}). Save the table as UTF-8 CSV.") from None
+        raise
 
 
 def _class_indices(values: List[str]) -> List[int]:

@@ -1,0 +1,136 @@
+"""A run folder is one run: the lock, a new run refused in an occupied folder (before Hydra writes into
+it), half-written files cleaned, and a full disk or read-only folder as one paragraph."""
+
+import json
+import os
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import run_cli
+from experiments.config import compose_config
+from experiments.errors import RunFolderTaken
+from experiments.failures import run_and_report
+from experiments.run_folder import LOCK, RunLock, remove_temporaries
+from experiments.training import train
+
+SHORT = ["trainer.epochs=1", "data.n_train=64", "telemetry.histograms.enabled=false"]
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+
+
+def write_lock(folder, **holder):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / LOCK).write_text(json.dumps({"host": socket.gethostname(), "started": None, "slurm_job_id": None,
+                                           **holder}))
+
+
+def test_a_second_process_is_refused_and_a_stale_lock_taken_over(tmp_path, caplog, monkeypatch):
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        write_lock(tmp_path, pid=other.pid)
+        with pytest.raises(RunFolderTaken, match=f"another run is training in this folder \\(process {other.pid} on"):
+            RunLock.acquire(tmp_path)
+    finally:
+        other.kill()
+        other.wait()
+    with caplog.at_level("WARNING"):
+        lock = RunLock.acquire(tmp_path)  # its process is gone: stale
+    assert f"taking over the stale lock {tmp_path / LOCK} (left by process {other.pid}" in caplog.text
+    assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / LOCK).exists()
+
+    write_lock(tmp_path, pid=1, host="elsewhere")  # another host: cannot be checked, so it is respected
+    with pytest.raises(RunFolderTaken, match="process 1 on host elsewhere"):
+        RunLock.acquire(tmp_path)
+    write_lock(tmp_path, pid=1, host="elsewhere", slurm_job_id="4242")  # ... unless it is this Slurm job, requeued
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    RunLock.acquire(tmp_path).release()
+
+
+def test_a_new_run_in_an_occupied_folder_is_refused_and_writes_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    train(compose_config(SHORT), run_dir)
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    with pytest.raises(SystemExit):
+        run_and_report(train, compose_config(SHORT), run_dir, {}, multirun=False)
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before  # no failure.txt, no new events
+    with pytest.raises(RunFolderTaken, match="already holds a run .*trainer.resume=auto"):
+        train(compose_config(SHORT), run_dir)
+
+
+def test_half_written_checkpoints_are_removed_when_the_run_starts_again(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    leftovers = [tmp_path / "checkpoints" / ".last.pt.x1y2.tmp", tmp_path / ".weights_init.pt.abc.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half")
+    keep = tmp_path / "checkpoints" / "last.pt"
+    keep.write_bytes(b"whole")
+    remove_temporaries(tmp_path)
+    assert not any(p.exists() for p in leftovers) and keep.exists()
+
+
+@pytest.fixture(scope="module")
+def cli_cases(tmp_path_factory):
+    """Three commands refused before or while writing, run side by side."""
+    root = tmp_path_factory.mktemp("folders")
+    occupied = root / "occupied"
+    train(compose_config(SHORT), occupied)
+    (occupied / ".hydra").mkdir()
+    (occupied / ".hydra" / "config.yaml").write_text("the: original\n")
+    cases = {"occupied": [*SHORT, f"hydra.run.dir={occupied}"]}
+    mounts = []
+    if os.geteuid() == 0:
+        for name, options in (("full", "size=1200k"), ("readonly", "ro,size=64k")):
+            (root / name).mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(root / name)], check=True)
+            mounts.append(root / name)
+        # weights_init.pt (0.7 MB) fits on the 1.2 MB disk; the events and the first checkpoint do not
+        cases["full"] = ["model.width=300", "model.depth=3", "trainer.epochs=2", "data.n_train=2000",
+                         f"hydra.run.dir={root / 'full' / 'run'}"]
+        cases["readonly"] = [*SHORT, f"hydra.run.dir={root / 'readonly' / 'run'}"]
+    try:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            results = dict(zip(cases, pool.map(lambda args: run_cli(args, timeout=90), cases.values())))
+        yield root, results
+    finally:
+        for mount in mounts:
+            for _ in range(20):  # a just-finished process may still hold it for a moment
+                if subprocess.run(["umount", str(mount)]).returncode == 0:
+                    break
+                time.sleep(0.1)
+
+
+def test_a_command_in_an_occupied_folder_is_refused_before_hydra_writes(cli_cases):
+    root, results = cli_cases
+    result = results["occupied"]
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "already holds a run" in output and "trainer.resume=auto" in output, output
+    assert "Traceback" not in output
+    assert (root / "occupied" / ".hydra" / "config.yaml").read_text() == "the: original\n"  # Hydra did not overwrite it
+    assert not (root / "occupied" / "failure.txt").exists()
+
+
+@ROOT_ONLY
+def test_a_full_disk_is_one_paragraph_naming_the_folder(cli_cases):
+    root, results = cli_cases
+    result = results["full"]
+    output = result.stdout + result.stderr
+    run_dir = root / "full" / "run"
+    assert result.returncode == 1, output
+    assert f"StorageError: cannot write into {run_dir}: the disk is full" in output
+    assert "Traceback" not in output and "Exception in thread" not in output
+    assert not list(run_dir.rglob("*.tmp"))  # no half-written checkpoint left
+
+
+@ROOT_ONLY
+def test_a_read_only_folder_is_one_paragraph_naming_it(cli_cases):
+    root, results = cli_cases
+    result = results["readonly"]
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert f"cannot write into {root / 'readonly' / 'run'}: the file system is read-only" in output
+    assert "Traceback" not in output
