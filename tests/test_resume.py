@@ -210,6 +210,8 @@ def test_divergence_stops_with_step_and_parameter(tmp_path, make_cfg):
     assert step > 2  # it ran a while, so there is a good checkpoint to keep
     state = load(run_dir / "checkpoints" / "last.pt")
     assert state["step"] < step
+    assert f"The last checkpoint, {run_dir / 'checkpoints' / 'last.pt'} (step {state['step']}), holds the last good " \
+           "state." in output
     model = build_model(make_cfg(["model=tied", "model.activation=torch.nn.Identity"]).model)
     materialize(model, torch.rand(2, 4))
     load_weights(model, run_dir / "checkpoints" / "last.pt")

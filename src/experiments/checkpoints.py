@@ -63,7 +63,7 @@ def load_state(model: nn.Module, state_dict: Dict[str, Any], path: Path) -> None
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:
-        detail = " ".join(str(e).split()).replace("Error(s) in loading state_dict for ", "")
+        detail = " ".join(str(e).split()).replace("Error(s) in loading state_dict for ", "").rstrip(".")
         raise CheckpointError(f"{path} does not fit this model: {detail[:600]}. It was saved from another model "
                               f"(model.* settings); use the model it was trained with.") from None
 
