@@ -24,7 +24,8 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 FREE = ("trainer.epochs", "trainer.resume", "trainer.resume_changes", "trainer.checkpoint_every", "trainer.device",
-        "trainer.progress_every_s", "telemetry.*", "data.download", "data.download_timeout")
+        "trainer.progress_every_s", "trainer.check_every", "telemetry.*", "data.download", "data.download_timeout")
+IMPLEMENTATION = {"fused", "foreach", "capturable", "differentiable"}  # how an optimizer runs, not what it does
 SHOWN = 8  # differing keys named in the message; the rest are counted
 
 
@@ -103,7 +104,8 @@ def describe(changes: List[Change]) -> str:
 def set_hyperparameters(optimizer: torch.optim.Optimizer, optim: DictConfig) -> None:
     """Set every hyperparameter the config names in each param group (loading an optimizer's state
     brings back the checkpoint's values: without this a changed ``optim.lr`` would be ignored)."""
-    values = {k: v for k, v in OmegaConf.to_container(optim, resolve=True).items() if not k.startswith("_")}
+    values = {k: v for k, v in OmegaConf.to_container(optim, resolve=True).items()
+              if not k.startswith("_") and k not in IMPLEMENTATION and v is not None}
     for group in optimizer.param_groups:
         for key, value in values.items():
             if key in group:

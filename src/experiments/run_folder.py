@@ -24,7 +24,6 @@ import os
 import shutil
 import socket
 import sys
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -204,19 +203,9 @@ def storage_error(error: OSError, folder: Path) -> Optional[StorageError]:
                         f"(hydra.run.dir=..., for a sweep hydra.sweep.dir=...).")
 
 
-def _quiet_writer_threads(args: threading.ExceptHookArgs, previous=threading.excepthook) -> None:
-    """TensorBoard writes events in a thread; its disk error comes back in the main thread at the
-    next write, where it is reported once. Its traceback from the thread is left out."""
-    if isinstance(args.exc_value, OSError) and args.exc_value.errno in WRITE_ERRORS \
-            and type(args.thread).__module__.startswith("tensorboard"):
-        return
-    previous(args)
-
-
 @contextmanager
 def storage_errors(folder: Path) -> Iterator[None]:
     """Turn a write error into ``folder`` (disk full, read-only) into one paragraph."""
-    previous, threading.excepthook = threading.excepthook, _quiet_writer_threads
     try:
         yield
     except OSError as e:
@@ -224,8 +213,6 @@ def storage_errors(folder: Path) -> Iterator[None]:
         if converted is None:
             raise
         raise converted from None
-    finally:
-        threading.excepthook = previous
 
 
 def check_writable(folder: Path) -> None:
