@@ -37,7 +37,7 @@ class Unrolled(nn.Module):
             raise ConfigError(f"Unrolled: steps={steps}: must be at least 1 (data.context).")
         kwargs = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
         shared = CELLS[cell](input_size, hidden_size, **kwargs)
-        self.cell_type, self.steps, self.hidden_size = cell, steps, hidden_size
+        self.steps, self.hidden_size = steps, hidden_size
         for t in range(steps):
             self.add_module(f"t{t}", shared)
 
