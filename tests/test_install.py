@@ -63,6 +63,8 @@ def test_a_non_editable_install_runs_from_the_project_folder(tmp_path):
 
     where = run(["-c", "import experiments; print(experiments.__file__)"], tmp_path)
     assert where.startswith(str(venv)), where  # the installed copy, not an editable checkout
+    plugin = run(["-c", "import hydra_plugins.experiments_launcher as m; print(m.__file__)"], tmp_path)
+    assert plugin.startswith(str(venv)), plugin  # the Slurm launcher (hydra/launcher=cluster) is installed too
     run(["train.py", "trainer.epochs=1", "telemetry=off"], project)
     assert len(list((project / "outputs").glob("*/*-mlp-default/weights_final.pt"))) == 1
     assert "state_dict: 8 entries, 193 numbers" in run(["scripts/inspect_params.py", "model=tied"], project)

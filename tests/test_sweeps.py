@@ -291,7 +291,7 @@ def test_slurm_launcher_config_composes():
         cfg = compose("config", overrides=["hydra/launcher=cluster", "hydra.launcher.partition=gpu",
                                            "hydra.launcher.gpus_per_node=1"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher._target_.endswith("ClusterLauncher")
     assert (launcher.partition, launcher.timeout_min, launcher.cpus_per_task, launcher.gpus_per_node) == ("gpu", 60, 1, 1)
 
 

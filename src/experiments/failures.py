@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from .errors import ExperimentError, Interrupted, RunFolderTaken
 from .runs import FAILURE_FILE
+from .slurm import is_requeue_signal, requeue_or_fail
 from .sweeps import quote_override_value
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,9 @@ def run_and_report(train_fn, cfg: Any, run_dir: Path, choices: dict, multirun: b
     try:
         return train_fn(cfg, run_dir, choices)
     except ExperimentError as error:
-        if isinstance(error, Interrupted):
+        if isinstance(error, Interrupted) and is_requeue_signal(error):  # a Slurm job at its time limit
+            error = requeue_or_fail(error, resume_command(error.run_dir))  # requeued: SystemExit, no result
+        elif isinstance(error, Interrupted):
             error.args = (f"{error} Resume with: {resume_command(error.run_dir)}",)
             record_failure(error.run_dir, error)
             raise SystemExit(error.exit_code)  # an interrupt stops a sweep too

@@ -9,6 +9,7 @@ from typing import List, Optional
 import torch
 
 from .errors import Diverged
+from .slurm import requeue_signals
 
 
 def first_nonfinite_grad(names: List[str], params: List[torch.nn.Parameter]) -> Optional[str]:
@@ -85,7 +86,8 @@ def check_validation(step: int, val_loss: float, names: List[str], params: List[
 
 
 class InterruptGuard:
-    """Turns SIGTERM and SIGINT into a flag the training loop checks after each step."""
+    """Turns SIGTERM and SIGINT into a flag the training loop checks after each step (in a Slurm job
+    also submitit's time-limit signal: ``slurm.py``)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -99,7 +101,7 @@ class InterruptGuard:
         self.signum = signum
 
     def __enter__(self) -> "InterruptGuard":
-        for sig in self.SIGNALS:
+        for sig in self.SIGNALS + requeue_signals():
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. some launchers): no handler

@@ -33,6 +33,7 @@ from .progress import Progress
 from .resume import Change, check_changes, config_changes, describe, restore_hydra_config, set_hyperparameters
 from .run_folder import RunLock, discard_events, refuse_previous_run, remove_temporaries, storage_errors
 from .runs import FAILURE_FILE, LAST, WEIGHTS_FINAL, WEIGHTS_INIT, checkpoint_dir, tensorboard_command
+from .slurm import resume_if_requeued
 from .summary import summary_markdown
 from .telemetry import tags
 from .telemetry.monitor import Monitor, cadences
@@ -299,6 +300,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
     With ``trainer.resume`` it continues a run from its checkpoint instead (in that run's
     folder). Returns the final validation loss, the number a sweeper minimises.
     """
+    resume_if_requeued(cfg)  # a Slurm job requeued at its time limit continues from its checkpoint
     with storage_errors(run_dir):  # a full disk or a read-only folder: one paragraph naming it
         run = Run(cfg, run_dir, choices)
         try:
