@@ -27,7 +27,8 @@ from experiments.failures import resume_command, run_and_report
 from experiments.guards import InterruptGuard
 from experiments.slurm import requeue_or_fail, requeue_signals
 from experiments.training import train
-from hydra_plugins.experiments_launcher._preflight import count_gpus, parse_sinfo, parse_time_limit, request_problems
+from hydra_plugins.experiments_launcher._preflight import (check_request, count_gpus, parse_sinfo, parse_time_limit,
+                                                          request_problems)
 from hydra_plugins.experiments_launcher._queue import parse_squeue, progress_line, stuck_reason
 
 submitit = pytest.importorskip("submitit")
@@ -123,9 +124,32 @@ def test_a_request_above_every_node_names_the_setting_and_what_there_is():
     assert [p.split(":")[0] for p in problems] == [
         "hydra.launcher.cpus_per_task=16 (x tasks_per_node=1)", "hydra.launcher.mem_gb=100",
         "hydra.launcher.gpus_per_node=4", "hydra.launcher.nodes=3", "hydra.launcher.timeout_min=2000"]
-    assert "at most 8 CPUs" in problems[0] and "at most 64000 MB" in problems[1] and "at most 1440 minutes" in problems[4]
+    assert "at most 8 CPUs" in problems[0] and "at most 64000 MB" in problems[1]
+    assert "at most 1440 minutes" in problems[4]
     drained = parse_sinfo("vm|2|21695|(null)|infinite|drain\n")
     assert "down or drained" in request_problems({**PARAMS, "cpus_per_task": 1, "mem_gb": 1}, drained)[0]
+
+
+def commands(folder, **scripts):
+    """A PATH holding only these shell scripts (sinfo, sbatch, ...)."""
+    folder.mkdir()
+    for name, body in scripts.items():
+        (folder / name).write_text(f"#!/bin/sh\n{body}\n")
+        (folder / name).chmod(0o755)
+    return str(folder)
+
+
+def test_no_slurm_here_is_said_before_anything_is_tried(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", commands(tmp_path / "none"))
+    assert "sbatch and sinfo are not on PATH" in check_request(PARAMS)
+    down = "echo 'sinfo: error: Unable to contact slurm controller (connect failure)' >&2; exit 1"
+    monkeypatch.setenv("PATH", commands(tmp_path / "down", sinfo=down, sbatch="exit 1"))
+    message = check_request(PARAMS)
+    assert "Slurm does not answer here (sinfo: sinfo: error: Unable to contact slurm controller" in message
+    listing = "case \"$*\" in *-N*) ;; *) echo 'debug*'; echo gpu;; esac"  # -N -p nope: no node; -o %P: two
+    monkeypatch.setenv("PATH", commands(tmp_path / "up", sinfo=listing, sbatch="exit 1"))
+    assert check_request(PARAMS) == ("hydra.launcher.partition=debug: no such partition on this cluster "
+                                     "(sinfo lists: debug, gpu).")
 
 
 # ------------------------------------------------------------------------------------ quiet sacct

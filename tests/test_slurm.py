@@ -11,6 +11,8 @@ They are marked ``slow`` too (each takes 10 s to over a minute), so the default 
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import re
 import shlex
@@ -30,6 +32,8 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import ROOT, read_events, run_cli
+from experiments.config import compose_config
+from experiments.training import train
 
 SCRIPT = ROOT / "scripts" / "local_slurm.sh"
 SHORT = ["trainer.epochs=2", "data.n_train=200", "telemetry.histograms.enabled=false"]
@@ -218,14 +222,21 @@ class BeginTimeLifter(threading.Thread):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_a_job_at_its_time_limit_is_requeued_and_continues_from_its_checkpoint(partition, tmp_path):
-    """timeout_min=1, signal_delay_s=20: Slurm sends USR2 20-50 s into each run (its 30 s timer); the job
-    writes its checkpoint at a step boundary and is requeued; the requeued job (SLURM_RESTART_COUNT >= 1)
-    resumes from last.pt by itself. Its final weights equal those of an uninterrupted Slurm job with the
-    same settings (run at the same time, on the other CPU) bit for bit, and each TensorBoard step is
-    there once with the same values. 100,000 steps take ~40-60 s on one CPU: at least one requeue."""
-    long = ["data.n_train=20000", "trainer.epochs=160", "trainer.checkpoint_every=0",
-            "telemetry.histograms.enabled=false", "init=xavier"]
+def test_a_job_at_its_time_limit_is_requeued_and_continues_from_its_checkpoint(partition, tmp_path, caplog):
+    """timeout_min=1, signal_delay_s=20: Slurm sends USR2 10-40 s into each run (it checks every 30 s and
+    signals up to 60 s early); the job writes its checkpoint at a step boundary and is requeued; the
+    requeued job (SLURM_RESTART_COUNT >= 1) resumes from last.pt by itself. Its final weights equal those
+    of an uninterrupted Slurm job with the same settings (run at the same time, on the other CPU) bit for
+    bit, and each TensorBoard step is there once with the same values. The training is sized to take
+    about 55 s on one CPU of this machine (measured first), so that at least one requeue happens."""
+    base = ["data.n_train=20000", "trainer.checkpoint_every=0", "telemetry.histograms.enabled=false", "init=xavier"]
+    with caplog.at_level(logging.INFO, logger="experiments.training"):  # an epoch's time, as the loop logs it
+        train(compose_config([*base, "trainer.epochs=6"]), tmp_path / "calibration")
+    seconds = sorted(float(m.group(1)) for m in map(re.compile(r"epoch \d+/6 .*\((\d+\.\d+)s\)$").match,
+                                                      caplog.messages) if m)
+    assert len(seconds) == 6, caplog.messages
+    epochs = min(800, max(100, math.ceil(55 / max(seconds[3], 1e-3))))
+    long = [*base, f"trainer.epochs={epochs}"]
     reference = ["-m", *long, *cluster(partition), f"hydra.sweep.dir={tmp_path / 'reference'}"]
     requeued = ["-m", *long, *cluster(partition, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=20",
                                       "hydra.launcher.max_num_timeout=5"), f"hydra.sweep.dir={tmp_path / 'requeued'}"]
@@ -302,8 +313,8 @@ def test_a_request_no_node_can_satisfy_fails_with_the_setting_to_lower(partition
                             capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
     while queued(failed):
         time.sleep(0.5)
-    result = run_cli(["-m", "trainer.epochs=1", *cluster(partition),
-                      f"+hydra.launcher.additional_parameters.dependency='afterok:{failed}'"], cwd=tmp_path, timeout=120)
+    depends = f"+hydra.launcher.additional_parameters.dependency='afterok:{failed}'"
+    result = run_cli(["-m", "trainer.epochs=1", *cluster(partition), depends], cwd=tmp_path, timeout=120)
     said = result.stdout + result.stderr
     assert result.returncode == 1 and "DependencyNeverSatisfied" in said and "were cancelled" in said, said
     slurm_id = re.search(r"as Slurm job (\d+)", said).group(1)

@@ -134,7 +134,8 @@ class ClusterLauncher(SlurmLauncher):
         keys = [key for text, key in SBATCH_SAYS.items() if text.lower() in said.lower()]
         asked = ", ".join(f"{k}={self.params.get(k)}" for k in ("partition", "cpus_per_task", "mem_gb",
                                                                    "gpus_per_node", "nodes", "timeout_min"))
-        what = f"change hydra.launcher.{keys[0]}" if keys else "lower the hydra.launcher.* setting that exceeds it"
+        what = (f"change hydra.launcher.{keys[0]}" if keys else
+                "change the hydra.launcher.* setting sbatch's words are about")
         return (f"Slurm refused the sweep's jobs: {said[-400:]}. Asked for: {asked}; {what} (sinfo -o '%P %c %m %G "
                 f"%l' lists what each partition offers).")
 

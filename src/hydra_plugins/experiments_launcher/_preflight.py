@@ -3,13 +3,13 @@
 A job that asks for more CPUs, memory or GPUs than any node has, more nodes than the partition
 has, or more time than its limit, would be refused by ``sbatch`` or pend for ever (reason
 ``PartitionConfig``): :func:`request_problems` names the setting to lower and the largest value
-the partition offers. Where ``sinfo`` does not answer, nothing is checked here (sbatch and the
-pending reasons still are).
+the partition offers. Where ``sinfo`` does not answer, there is no cluster to submit to.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 from typing import List, Mapping, Optional
@@ -72,14 +72,21 @@ def parse_sinfo(text: str) -> List[Node]:
     return nodes
 
 
-def read_nodes(partition: str, timeout_s: float = 30) -> Optional[List[Node]]:
-    """The partition's nodes, or None where sinfo does not answer."""
+class SlurmUnreachable(RuntimeError):
+    """sinfo does not answer: no Slurm cluster configured here, or its controller is down."""
+
+
+def read_nodes(partition: str, timeout_s: float = 30) -> List[Node]:
+    """The partition's nodes (none: no such partition)."""
     try:
         out = subprocess.run(["sinfo", "-h", "-N", "-p", partition, "-o", FORMAT], capture_output=True, text=True,
                              timeout=timeout_s)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return parse_sinfo(out.stdout) if out.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise SlurmUnreachable(str(error)) from None
+    if out.returncode != 0:
+        lines = (out.stderr or out.stdout).strip().splitlines()
+        raise SlurmUnreachable(lines[-1] if lines else f"sinfo exits with {out.returncode}")
+    return parse_sinfo(out.stdout)
 
 
 def partitions(timeout_s: float = 30) -> List[str]:
@@ -130,9 +137,15 @@ def request_problems(params: Mapping[str, object], nodes: List[Node]) -> List[st
 def check_request(params: Mapping[str, object]) -> Optional[str]:
     """One paragraph saying what to change, if the request cannot run on ``params['partition']``; else None."""
     partition = str(params.get("partition"))
-    nodes = read_nodes(partition)
-    if nodes is None:  # no sinfo here: sbatch and the pending reasons will tell
-        return None
+    if not shutil.which("sinfo") or not shutil.which("sbatch"):
+        return ("sbatch and sinfo are not on PATH: hydra/launcher=cluster submits from a machine of a Slurm cluster "
+                "(its login node); for a test cluster on this machine: sudo scripts/local_slurm.sh start.")
+    try:
+        nodes = read_nodes(partition)
+    except SlurmUnreachable as error:
+        return (f"Slurm does not answer here (sinfo: {error}): is this a machine of the cluster, and is its "
+                f"controller up (scontrol ping)? For a test cluster on this machine: "
+                f"sudo scripts/local_slurm.sh start.")
     if not nodes:
         known = partitions()
         return (f"hydra.launcher.partition={partition}: no such partition on this cluster"
@@ -140,5 +153,5 @@ def check_request(params: Mapping[str, object]) -> Optional[str]:
     problems = request_problems(params, nodes)
     if not problems:
         return None
-    return (f"The sweep's jobs cannot run on partition {partition}: " + "; ".join(problems)
-            + ". Lower the setting (sinfo -o '%P %c %m %G %l' lists what each partition offers); nothing was submitted.")
+    return (f"The sweep's jobs cannot run on partition {partition}: " + "; ".join(problems) + ". Lower the "
+            "setting (sinfo -o '%P %c %m %G %l' lists what each partition offers); nothing was submitted.")
