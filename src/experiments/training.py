@@ -240,10 +240,11 @@ class Run:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One optimizer step, watched by the monitor (which adds its loss up on the device). A step
-        that logs nothing moves nothing to the host."""
+        that logs nothing moves nothing to the host and calls the monitor once."""
         step = self.step
         logs = bool(self.monitor.due(step))
-        self.monitor.before_forward(step)
+        if logs:
+            self.monitor.before_forward(step)
         out = self.model(x)
         loss = self.loss_fn(out, y)
         self.optimizer.zero_grad(set_to_none=True)
@@ -251,12 +252,16 @@ class Run:
         self.guard.after_backward(step, loss)
         if logs or step % self.check_every == 0:
             self.guard.check(step)  # before anything of a non-finite step is logged
-        self.monitor.after_backward(step)
+        if logs:
+            self.monitor.after_backward(step)
         if self.clip is not None:
             nn.utils.clip_grad_norm_(self.params, self.clip)
         self.optimizer.step()
+        if not logs:
+            self.monitor.quiet_step(loss.detach(), out, y)
+            return
         written = self.monitor.after_step(step, loss.detach(), out, y)
-        if written and tags.LOSS_TRAIN in written:
+        if tags.LOSS_TRAIN in written:
             self.train_loss = written[tags.LOSS_TRAIN]
 
     def checkpoint(self, shuffle_state: torch.Tensor, numbered: bool) -> Path:

@@ -75,7 +75,7 @@ class ActivationStats:
 class Activations(Signal):
     """``act/<layer>/mean|std|dead_frac`` for every leaf module (each use of a tied one)."""
 
-    name, points = "activations", 50
+    name, points = "activations", 25
 
     def __init__(self, watched: Watched):
         super().__init__(watched)

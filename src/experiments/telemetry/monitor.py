@@ -89,6 +89,13 @@ class Monitor:
             if self.signals else 1 << 62
         return self._due
 
+    def quiet_step(self, loss, output: Optional[torch.Tensor] = None, target: Optional[torch.Tensor] = None) -> None:
+        """All a step on which no signal is due needs: its loss added to the running total, on the device
+        (and what the per-step signals keep, e.g. the training accuracy)."""
+        self.loss_total.add_(loss)
+        for signal in self._per_step:
+            signal.every_step(loss, output, target)
+
     def before_forward(self, step: int) -> None:
         for signal in self.due(step):
             signal.before_forward(step)

@@ -67,7 +67,7 @@ SIGNALS: Dict[str, Type["Signal"]] = {}
 
 class Signal:
     name: ClassVar[str] = ""  # its config field: telemetry.<name>; a subclass with a name registers itself
-    points: ClassVar[int] = 100  # by default, about this many points per run
+    points: ClassVar[int] = 50  # by default, about this many points per run
     every: ClassVar[Optional[int]] = None  # a fixed default cadence instead (steps)
     enabled: ClassVar[bool] = True  # on by default
 
@@ -156,7 +156,7 @@ class Loss(Signal):
     """``loss/train`` (and ``acc/train``): the mean of the batch losses over the steps since the
     previous point (the steps each point stands for). The epoch mean is ``loss/train_epoch``."""
 
-    name, points = "loss", 200
+    name, points = "loss", 100
 
     def __init__(self, watched: Watched):
         super().__init__(watched)
@@ -222,7 +222,7 @@ class GradNorm(Signal):
 class UpdateRatio(Signal):
     """``update_ratio/<param>``: ||w_after - w_before|| / ||w_before|| of one optimizer step."""
 
-    name, points = "update_ratio", 50
+    name, points = "update_ratio", 25
 
     def __init__(self, watched: Watched):
         super().__init__(watched)
