@@ -45,3 +45,18 @@ def test_a_histogram_of_non_finite_values_does_not_crash():
     assert summary.value[0].tag == "g" and summary.value[0].histo.num == 0
     partial = protos.histogram("g", torch.tensor([1.0, float("nan"), 2.0]))
     assert partial.value[0].histo.num == 2 and partial.value[0].histo.max == 2.0
+
+
+def test_binning_is_numpys_on_the_edges_themselves():
+    """Values exactly on TensorBoard's edges, just beside them, at zero, at ±1e-12 and beyond ±1e20."""
+    import numpy as np
+
+    from experiments.telemetry.protos import _bin
+
+    edges = protos.HISTOGRAM_BINS
+    rng = np.random.default_rng(0)
+    cases = [rng.standard_normal(10000) * s for s in (1e-14, 1, 1e19)]
+    cases += [edges.copy(), np.nextafter(edges, np.inf), np.nextafter(edges, -np.inf),
+              np.array([0.0, -0.0, 1e-12, -1e-12, 5e-13, edges[-1], edges[0], 2e20, -2e20])]
+    for values in cases:
+        assert np.array_equal(_bin(values), np.histogram(values, bins=edges)[0])

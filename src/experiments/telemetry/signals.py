@@ -250,7 +250,7 @@ class Histograms(Signal):
     """``param/<param>`` and ``grad/<param>``: the slowest to write, so few points (always the first
     and the last step: what training did to the distributions)."""
 
-    name, points = "histograms", 10
+    name, points = "histograms", 5
 
     def after_backward(self, step, record) -> None:
         for name, p in zip(self.watched.names, self.watched.params):
