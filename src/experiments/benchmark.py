@@ -214,8 +214,13 @@ def markdown(results: Dict, growth: Dict[int, float], start: Dict[str, float], c
         for name, r in table.items():
             lines.append(f"| {workload} | {name} | {r['steps_per_s']:.0f} | {r['ratio']:.2f} "
                          f"({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | {r['wall_ratio']:.2f} |")
-    lines += ["", "| parameter tensors | every scalar signal, µs per step | µs per tensor |", "|---:|---:|---:|"]
-    lines += [f"| {n} | {us:.0f} | {us / n:.1f} |" for n, us in growth.items()]
+    lines += ["", "| parameter tensors | every scalar signal, µs per step | growth from the row above, µs per added tensor |",
+              "|---:|---:|---:|"]
+    previous = None
+    for n, us in growth.items():
+        slope = "" if previous is None else f"{(us - previous[1]) / (n - previous[0]):.1f}"
+        lines.append(f"| {n} | {us:.0f} | {slope} |")
+        previous = (n, us)
     floor_first, floor_exit = start["floor to first step"], start["floor to exit"]
     lines += ["", "| cold start | seconds | × the floor script (same point) |", "|---|---:|---:|"]
     for name, s in start.items():
