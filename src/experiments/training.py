@@ -9,26 +9,23 @@ epoch, finish (final weights, the value a sweeper minimises).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
 import torch
-import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .checkpoints import (find_checkpoint, load_training_state, restore_training_state, run_dir_of, save_checkpoint,
                           save_weights)
 from .config import check_optimizer, check_trainer
-from .data import Dataset
 from .errors import ConfigError, Diverged, Interrupted
 from .experiment import build_experiment
 from .guards import DivergenceGuard, InterruptGuard, check_validation
+from .objective import CLASSES, evaluate, loss_function, make_optimizer
 from .progress import Progress
 from .resume import Change, check_changes, config_changes, describe, restore_hydra_config, set_hyperparameters
 from .run_folder import RunLock, discard_events, refuse_previous_run, remove_temporaries, storage_errors
@@ -42,48 +39,6 @@ from .tying import tie_groups
 from .uses import UseViews
 
 log = logging.getLogger(__name__)
-
-
-CLASSES = ("classification", "next_token")
-FUSED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)  # can skip a step on the device (found_inf)
-
-
-def make_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
-    """``cfg`` (the ``optim`` node) for ``params``. SGD, Adam and AdamW are made fused unless the
-    config says otherwise (``optim.fused``, ``optim.foreach``): a fused optimizer skips a non-finite
-    step on the device, so the divergence guard needs no host transfer per step."""
-    factory = instantiate(cfg)
-    cls = getattr(factory, "func", None)
-    fused = cfg.get("fused")
-    if fused is None and cls in FUSED and cfg.get("foreach") is None and all(
-            p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params):
-        return factory(params, fused=True)
-    return factory(params)  # tasks that predict a class (a token is a class): cross-entropy
-
-
-def loss_function(task: str):
-    return F.cross_entropy if task in CLASSES else F.mse_loss
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, chunk: int = 4096) -> Dict[str, float]:
-    """Mean loss over the validation set; accuracy for classes; perplexity for next tokens."""
-    loss_fn = loss_function(data.task)
-    total = torch.zeros((), device=data.val_x.device)
-    correct = torch.zeros((), device=data.val_x.device)
-    n = data.val_x.shape[0]
-    for start in range(0, n, chunk):
-        x, y = data.val_x[start:start + chunk], data.val_y[start:start + chunk]
-        out = model(x)
-        total += loss_fn(out, y, reduction="sum")
-        if data.task in CLASSES:
-            correct += (out.argmax(-1) == y).sum()
-    if data.task not in CLASSES:
-        return {tags.LOSS_VAL: float(total) / (n * data.val_y[0].numel())}  # MSE sums every output
-    metrics = {tags.LOSS_VAL: float(total) / n, tags.ACC_VAL: float(correct) / n}
-    if data.task == "next_token":
-        metrics[tags.PPL_VAL] = math.exp(min(metrics[tags.LOSS_VAL], 700.0))
-    return metrics
 
 
 class Run:
