@@ -9,9 +9,10 @@ def test_bench_smoke(tmp_path):
     result = run_cli(["--repeats", "1", "--quick", "--out", str(tmp_path)], script="scripts/bench.py", timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads((tmp_path / "bench.json").read_text())
-    variants = ["plain loop", "ours, telemetry off", "ours, default", "ours, every signal every step"]
+    variants = ["plain loop", "ours, telemetry off", "ours, default", "ours, default + model.grad_scale",
+                "ours, every signal every step"]
     for workload in ("tiny", "wide"):
-        assert list(data["workloads"][workload])[:4] == variants  # then Lightning, with the bench extra
+        assert list(data["workloads"][workload])[:5] == variants  # then Lightning, with the bench extra
         assert data["workloads"][workload]["plain loop"]["ratio"] == 1.0
         for row in data["workloads"][workload].values():
             assert row["steps_per_s"] > 0 and row["cpu_steps_per_s"] > 0 and row["ratio_min"] <= row["ratio_max"]

@@ -130,6 +130,9 @@ def test_hparams_tab_has_a_session_per_job_with_its_settings(basic_sweep):
     for name, group in sessions.items():
         assert f"init={group.hparams['init'].string_value}" in name
         assert f"model={group.hparams['model'].string_value}" in name
+        # only what the sweep varies (init, model): not the overrides every job shares (trainer.epochs, ...)
+        # and not the dozens of defaults, so that TensorBoard's first columns are the ones that differ
+        assert set(group.hparams) == {"init", "model"}, set(group.hparams)
         (metric,) = [m for m in group.metric_values if m.name.tag == "loss/val"]
         assert metric.value == pytest.approx(last_values(folder / name)["loss/val"][1], rel=1e-6)
 

@@ -87,6 +87,8 @@ def ours(telemetry: str) -> Callable[[DictConfig], Timing]:
             cfg.telemetry.enabled = False
         elif telemetry == "all":
             every_signal(cfg.telemetry)
+        elif telemetry == "grad_scale":  # the intervention: the shared layer's second use x0.5, on every step
+            cfg.model.grad_scale = {"4.weight": 0.5, "4.bias": 0.5}
         with tempfile.TemporaryDirectory() as run_dir:
             trainer = Run(cfg, Path(run_dir))  # set-up, untimed
 
@@ -105,7 +107,7 @@ def ours(telemetry: str) -> Callable[[DictConfig], Timing]:
 
 def variants() -> Dict[str, Callable[[DictConfig], Timing]]:
     found = {"plain loop": plain_loop, "ours, telemetry off": ours("off"), "ours, default": ours("default"),
-             "ours, every signal every step": ours("all")}
+             "ours, default + model.grad_scale": ours("grad_scale"), "ours, every signal every step": ours("all")}
     try:
         from .benchmark_lightning import lightning_loop
     except ImportError:  # the bench extra is not installed: no Lightning row
