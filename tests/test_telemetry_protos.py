@@ -55,8 +55,9 @@ def test_binning_is_numpys_on_the_edges_themselves():
 
     edges = protos.HISTOGRAM_BINS
     rng = np.random.default_rng(0)
-    cases = [rng.standard_normal(10000) * s for s in (1e-14, 1, 1e19)]
-    cases += [edges.copy(), np.nextafter(edges, np.inf), np.nextafter(edges, -np.inf),
-              np.array([0.0, -0.0, 1e-12, -1e-12, 5e-13, edges[-1], edges[0], 2e20, -2e20])]
+    cases = [rng.standard_normal(10000) * s for s in (1e-14, 1, 1e19)] + [rng.standard_cauchy(100_000) * 1e-3]
+    cases += [edges.copy(), np.nextafter(edges, np.inf), np.nextafter(edges, -np.inf), edges * (1 + 1e-9),
+              edges * (1 - 1e-9), edges * (1 + 1e-7), np.array([0.0, -0.0, 1e-12, -1e-12, 5e-13, 5e-324, -5e-324,
+                                                                edges[-1], edges[0], 2e20, -2e20, 1e300, -1e300])]
     for values in cases:
-        assert np.array_equal(_bin(values), np.histogram(values, bins=edges)[0])
+        assert np.array_equal(_bin(torch.from_numpy(values)), np.histogram(values, bins=edges)[0])

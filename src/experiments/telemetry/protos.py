@@ -8,6 +8,7 @@ file system and with it boto3, ~0.35 s of every run's start-up.
 
 from __future__ import annotations
 
+import math
 from typing import List, Mapping, Sequence
 
 import numpy as np
@@ -82,24 +83,42 @@ def _tensorflow_bins() -> np.ndarray:
 HISTOGRAM_BINS = _tensorflow_bins()
 
 
-def _bin(x: np.ndarray) -> np.ndarray:
-    """``np.histogram(x, HISTOGRAM_BINS)[0]`` (half-open bins, the last one closed, values outside
-    left out), by one sorted search: ~20x faster than np.histogram over 1,500 uneven edges."""
-    edges = HISTOGRAM_BINS
-    index = np.searchsorted(edges, x, side="right") - 1
-    index[x == edges[-1]] = len(edges) - 2
-    inside = (index >= 0) & (index < len(edges) - 1)
-    return np.bincount(index[inside], minlength=len(edges) - 1)
+_K = (len(HISTOGRAM_BINS) - 1) // 2  # HISTOGRAM_BINS[_K] == 0.0; HISTOGRAM_BINS[_K + 1 + k] == 1e-12 * 1.1**k
+_LOG_FIRST, _PER_LOG = math.log(HISTOGRAM_BINS[_K + 1]), 1 / math.log(1.1)
+
+
+def _bin(x: torch.Tensor) -> np.ndarray:
+    """``np.histogram(x, HISTOGRAM_BINS)[0]`` for finite float64 ``x`` (half-open bins, the last one
+    closed, values outside left out), ~4x faster than a sorted search over 1,500 edges: the edges grow
+    by 10%, so a value's bin is a logarithm away. The few values within 1e-6 of a bin's log-edge (where
+    rounding could move them, and where the edges' own rounding lives) and those beyond 1e19 are placed
+    by the sorted search on the edges themselves."""
+    edges, n = HISTOGRAM_BINS, len(HISTOGRAM_BINS)
+    r = x.abs().log_().sub_(_LOG_FIRST).mul_(_PER_LOG)  # a value at edge 1e-12 * 1.1**k has r == k
+    k = r.floor()
+    frac = r.sub_(k)
+    unsure = (frac < 1e-6) | (frac > 1 - 1e-6) | (k >= _K - 2)
+    # bin _K + 1 + k above zero, _K - 2 - k below (+0.0 and -0.0 both in bin _K); n - 1 collects the outside
+    index = k.clamp_(min=-1).add_(1.5).copysign_(x + 0.0).add_(_K - 0.5).to(torch.int64)
+    if unsure.any():
+        exact_x = x[unsure].numpy()
+        exact = np.searchsorted(edges, exact_x, side="right") - 1
+        exact[exact_x == edges[-1]] = n - 2
+        exact[(exact < 0) | (exact >= n - 1)] = n - 1
+        index[unsure] = torch.from_numpy(exact)
+    return torch.bincount(index, minlength=n)[:n - 1].numpy()
 
 
 def histogram(tag: str, values: torch.Tensor) -> Summary:
     """A histogram of ``values`` with TensorBoard's default buckets, trimmed to the ones that hold
     values (TensorBoard's histogram.cc logic). Values that are not finite are left out."""
-    x = values.detach().reshape(-1).double().cpu().numpy()
-    x = x[np.isfinite(x)]
-    if x.size == 0:  # nothing finite to draw: an empty histogram rather than a crash
+    x = values.detach().reshape(-1).to("cpu", torch.float64)
+    finite = torch.isfinite(x)
+    if not finite.all():
+        x = x[finite]
+    if x.numel() == 0:  # nothing finite to draw: an empty histogram rather than a crash
         return Summary(value=[Summary.Value(tag=tag, histo=HistogramProto())])
-    counts, limits = _bin(x), HISTOGRAM_BINS
+    counts, limits, x = _bin(x), HISTOGRAM_BINS, x.numpy()
     cumulative = np.cumsum(counts > 0)
     first, last = np.searchsorted(cumulative, [0, cumulative[-1] - 1], side="right")
     first, last = int(first), int(last) + 1
