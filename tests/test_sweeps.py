@@ -361,3 +361,20 @@ def test_report_calls_a_run_with_a_damaged_event_file_failed(tmp_path):
     assert written.failed == ["run"]
     assert f"its event file {events.name} cannot be read to the end: the record at byte" in written.text
     assert "is damaged (its checksum does not match)" in written.text
+
+
+def test_a_presets_sweep_is_reported_whole(tmp_path):
+    """An experiment preset sweeps through ``hydra.sweeper.params``, not the command line: the report
+    predicts its job folders from both, so no job is called "never started" (it once listed one
+    named "defaults")."""
+    from experiments.runs import expected_jobs
+
+    result = run_cli(["-m", "experiment=shared_depth", "trainer.epochs=1", "telemetry.tied.every=5"],
+                     cwd=tmp_path, timeout=240)
+    assert result.returncode == 0, result.stderr
+    folder = sweep_folder(tmp_path / "outputs")
+    jobs = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    assert jobs == [f"model.depth={d},telemetry.tied.every=5,trainer.epochs=1" for d in (2, 4, 8)]
+    assert sorted(expected_jobs(folder)) == jobs
+    out = report(folder).stdout
+    assert "3 run(s)" in out and "never started" not in out

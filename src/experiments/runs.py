@@ -250,8 +250,10 @@ def expected_jobs(sweep_dir: Path) -> Optional[List[str]]:
         return None
     naming = hydra.job.config.override_dirname
     parser = OverridesParser.create()
+    # what BasicSweeper sweeps: its ``params`` (e.g. from an experiment preset), then the command line's
+    arguments = [f"{k}={v}" for k, v in (hydra.sweeper.get("params") or {}).items()] + list(hydra.overrides.task)
     try:
-        grid = BasicSweeper.split_arguments(parser.parse_overrides(list(hydra.overrides.task)), None)[0]
+        grid = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)[0]
     except Exception:  # a sweep syntax that needs the config to expand (glob): not predicted
         return None
     names = []
