@@ -113,11 +113,14 @@ def test_local_slurm_script_refuses_a_user_who_is_not_root(tmp_path):
 
 
 def start_cli(args: List[str], cwd: Path, **env: str) -> subprocess.Popen:
-    """``run_cli`` in the background: train.py with this checkout's src/, output merged."""
+    """``run_cli`` in the background: train.py with this checkout's src/, output merged. Ctrl-C works in it
+    as at a terminal, even where the tests themselves run in the background of a shell without job control
+    (which starts them with SIGINT ignored, and Python then installs no KeyboardInterrupt handler)."""
     pythonpath = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
