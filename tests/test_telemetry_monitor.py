@@ -99,3 +99,6 @@ def test_every_signal_logs_the_first_and_the_last_step(make_cfg, tmp_path):
     assert "param_norm" in by_step[4] and "param_norm" in by_step[8] and "param_norm" not in by_step[9]
     assert "histograms" in by_step[1] and "histograms" in by_step[10] and "histograms" not in by_step[5]
     assert all(set(by_step[s]) == set(monitor.signals) for s in (1, 10))
+    written = {step: prefixes for step, prefixes, _ in logged}  # what was written, not only what was due
+    assert all("param_norm" in written[s] and "loss" in written[s] for s in (1, 4, 8, 10))
+    assert "param_norm" not in written[9] and "param_norm" not in written[5]

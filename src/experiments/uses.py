@@ -45,10 +45,6 @@ class CallSites:
         self._calls: Dict[nn.Module, int] = {}
         self._handles: list = []
 
-    @property
-    def installed(self) -> bool:
-        return bool(self._handles)
-
     def install(self) -> None:
         """Hooks in (once), call counts reset."""
         self._calls.clear()
@@ -89,7 +85,7 @@ class UseViews:
         canonical_of = {id(g.param): g.canonical for g in groups}
         sites = module_sites(model)
         self._leaves: Dict[nn.Module, List[Tuple[str, str]]] = {}  # module -> [(leaf, canonical)]
-        for module, names in sites.items():
+        for module in sites:
             leaves = [(leaf, canonical_of[id(p)]) for leaf, p in module._parameters.items()
                       if p is not None and id(p) in canonical_of]
             if leaves:

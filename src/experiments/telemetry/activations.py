@@ -57,6 +57,11 @@ class ActivationStats:
         self._hooks.install()
         self.active = True
 
+    def close(self) -> None:
+        """Hooks out, nothing kept."""
+        self.active, self._outputs = False, []
+        self._hooks.remove()
+
     def collect(self, keep_hooks: bool = False) -> Tuple[List[str], torch.Tensor]:
         """The tags recorded since ``start`` and one 1-D tensor holding their values. ``keep_hooks``:
         the next step logs too (putting hooks on hundreds of modules and taking them off costs more
@@ -101,4 +106,4 @@ class Activations(Signal):
             record.extend(found, values)
 
     def close(self) -> None:
-        self.stats.collect()
+        self.stats.close()

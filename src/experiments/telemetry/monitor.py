@@ -49,7 +49,6 @@ class Monitor:
                  classification: bool = False, uses: Optional[UseViews] = None, total_steps: Optional[int] = None):
         self._every = cadences(cfg, total_steps)
         self._last = total_steps or 0  # every signal also logs the last step: the final value is final
-        self.classification = classification
         # purge_step: a resumed run drops what the interrupted one wrote after its checkpoint
         self.events = EventFile(run_dir, purge_step=purge_step)
         self.record = ScalarWriter(self.events)
@@ -113,11 +112,9 @@ class Monitor:
         """Record the loss (a detached device tensor; a float works too) and what the due signals see
         after ``optimizer.step()``; write the step's event. Returns what was written. A quiet step
         only adds the loss to the running total, on the device."""
-        self.loss_total.add_(loss)
-        for signal in self._per_step:
-            signal.every_step(loss, output, target)
+        self.quiet_step(loss, output, target)
         due = self.due(step)
-        if not due and not self.record.pending:
+        if not due:
             return {}
         with torch.no_grad():
             for signal in due:
@@ -127,8 +124,8 @@ class Monitor:
     def state_dict(self) -> Dict[str, object]:
         """What a checkpoint keeps (the running loss, each signal's state): a resumed run logs what an
         uninterrupted one would, e.g. the first loss/train point after it averages the same steps."""
-        return {"loss_total": float(self.loss_total),
-                "signals": {name: s.state_dict() for name, s in self.signals.items() if s.state_dict()}}
+        states = {name: s.state_dict() for name, s in self.signals.items()}
+        return {"loss_total": float(self.loss_total), "signals": {name: s for name, s in states.items() if s}}
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
         self.loss_total.fill_(state["loss_total"])

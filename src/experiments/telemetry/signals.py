@@ -86,8 +86,8 @@ class Signal:
         return True
 
     def watches_every_step(self) -> bool:
-        """Whether :meth:`every_step` must run on every step (default: when a subclass overrides it)."""
-        return type(self).every_step is not Signal.every_step
+        """Whether :meth:`every_step` must run on every step, due or not."""
+        return False
 
     def every_step(self, loss, output: Optional[torch.Tensor], target: Optional[torch.Tensor]) -> None:
         """Called after every step, due or not, for the signals that :meth:`watches_every_step`."""
@@ -115,41 +115,52 @@ class Signal:
 FLAT_BELOW = 16  # tensors: from this many small ones on the CPU on, norms go through one flat copy
 
 
-def fused_norms(tensors: Sequence[torch.Tensor], flat: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
-    """L2 norms of many tensors, as one 1-D tensor on their device, in a few calls whatever their number.
+def goes_flat(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether norms of these tensors go through one flat copy: many of them, on the CPU. On a GPU
+    (or for a few tensors) ``torch._foreach_norm`` is one fused kernel; on the CPU it dispatches once
+    per tensor (~7 µs each, measured), where one ``cat`` of their flattened values and one segment sum
+    in float64 (exact; float32 loses digits over long rows) are ~20x faster."""
+    return len(tensors) >= FLAT_BELOW and tensors[0].device.type == "cpu"
 
-    On a GPU (or for a few large tensors) ``torch._foreach_norm`` is one fused kernel. On the CPU
-    it dispatches once per tensor (~7 µs each, measured): for many tensors one ``cat`` of their
-    flattened values (``flat``: views cached by the caller, since reshaping costs ~1.7 µs a tensor)
-    and one segment sum in float64 (exact; float32 loses digits over long rows) are ~20x faster.
-    """
+
+def segment_norms(flat: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Norms (float64) of the consecutive pieces of ``flat`` that are ``lengths`` long."""
+    return torch.segment_reduce(flat.double().square(), "sum", lengths=lengths).sqrt()
+
+
+def fused_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """L2 norms of many tensors, as one 1-D tensor on their device, in a few calls whatever their number."""
     if not tensors:
         return torch.zeros(0)
-    if tensors[0].device.type != "cpu" or len(tensors) < FLAT_BELOW:
+    if not goes_flat(tensors):
         return torch.stack(torch._foreach_norm(list(tensors)))
-    values = torch.cat(flat if flat is not None else [t.reshape(-1) for t in tensors]).double()
     lengths = torch.tensor([t.numel() for t in tensors])
-    return torch.segment_reduce(values.square(), "sum", lengths=lengths).sqrt().to(tensors[0].dtype)
+    return segment_norms(torch.cat([t.reshape(-1) for t in tensors]), lengths).to(tensors[0].dtype)
 
 
 class FlatViews:
-    """Flattened views of tensors that stay the same objects (the parameters: optimizers update them
-    in place), made once; ``cat()`` is a copy of all their values in one call."""
+    """Tensors that stay the same objects (the parameters: optimizers update them in place), with
+    their flattened views made once (reshaping costs ~1.7 µs a tensor): ``cat()`` copies all their
+    values in one call; ``flat`` says whether their norms go that way (:func:`goes_flat`)."""
 
     def __init__(self, tensors: Sequence[torch.Tensor]):
         self.tensors = list(tensors)
+        self.flat = goes_flat(self.tensors)
         self.views = [t.view(-1) for t in self.tensors] if all(t.is_contiguous() for t in self.tensors) else None
-        self.lengths = torch.tensor([t.numel() for t in self.tensors])
+        device = self.tensors[0].device if self.tensors else None
+        self.lengths = torch.tensor([t.numel() for t in self.tensors], device=device)  # on their device, once
 
     def norms(self) -> torch.Tensor:
-        return fused_norms(self.tensors, self.views)
+        if not self.flat:
+            return fused_norms(self.tensors)
+        return self.segment_norms(self.cat()).to(self.tensors[0].dtype)
 
     def cat(self) -> torch.Tensor:
         return torch.cat(self.views if self.views is not None else [t.reshape(-1) for t in self.tensors])
 
     def segment_norms(self, flat: torch.Tensor) -> torch.Tensor:
-        """Norms of the pieces of a ``cat()``-shaped tensor."""
-        return torch.segment_reduce(flat.double().square(), "sum", lengths=self.lengths.to(flat.device)).sqrt()
+        """Norms (float64) of the pieces of a ``cat()``-shaped tensor."""
+        return segment_norms(flat, self.lengths)
 
 
 class Loss(Signal):
@@ -176,7 +187,8 @@ class Loss(Signal):
         record.add(tags.LOSS_TRAIN, (total - self._last_total) / steps)
         if self._acc is not None:
             record.add(tags.ACC_TRAIN, self._acc / steps)
-        self._last_total, self._last_step, self._acc = total.clone(), step, None
+        self._last_total.copy_(total)
+        self._last_step, self._acc = step, None
 
     def state_dict(self):
         return {"last_total": float(self._last_total), "last_step": self._last_step}
@@ -230,18 +242,18 @@ class UpdateRatio(Signal):
         self.tags = [tags.update_ratio(n) for n in watched.names]
 
     def after_backward(self, step, record) -> None:
-        if len(self.flat.tensors) < FLAT_BELOW:  # a few tensors: one fused copy
-            self._before = torch._foreach_mul([p.detach() for p in self.flat.tensors], 1.0)
-        else:  # many (on the CPU): one flat copy of every weight
+        if self.flat.flat:  # many small tensors on the CPU: one flat copy of every weight
             self._before = self.flat.cat()
+        else:  # one fused copy
+            self._before = torch._foreach_mul([p.detach() for p in self.flat.tensors], 1.0)
 
     def after_step(self, step, record) -> None:
-        if isinstance(self._before, (list, tuple)):
-            deltas = torch._foreach_sub([p.detach() for p in self.flat.tensors], self._before)
-            ratios = fused_norms(deltas) / fused_norms(self._before).clamp_min(1e-30)
-        else:
+        if self.flat.flat:
             delta = self.flat.cat() - self._before
             ratios = self.flat.segment_norms(delta) / self.flat.segment_norms(self._before).clamp_min(1e-30)
+        else:
+            deltas = torch._foreach_sub([p.detach() for p in self.flat.tensors], self._before)
+            ratios = fused_norms(deltas) / fused_norms(self._before).clamp_min(1e-30)
         record.extend(self.tags, ratios)
         self._before = None
 

@@ -18,17 +18,17 @@ from torch import nn
 
 from ..errors import TieGradientMismatch
 from ..tying import TieGroup
-from ..uses import UseViews, module_sites
+from ..uses import UseViews
 from . import tags
 from .protos import custom_scalars
-from .signals import Signal, Watched, fused_norms
+from .signals import Signal, Watched
 
 
 def use_statistics(name: str, param: nn.Parameter, uses: Dict[str, torch.Tensor], rows: bool = False):
     """Tags and a 1-D device tensor (a value per tag) for one tied parameter, plus the sum
     check as (error, tolerance).
 
-    ``cos`` is each use's cosine with the summed gradient (``.grad``); ``cancellation`` is
+    ``grad_norm`` is the norm of the summed gradient (``.grad``) and of each use's; ``cos`` is each use's cosine with the summed gradient (``.grad``); ``cancellation`` is
     ||sum of uses|| / sum of ||use|| (1 when the uses agree, near 0 when they cancel); with
     ``rows``, ``rows_touched`` is the fraction of rows (first dimension) a use's gradient is
     non-zero in: an embedding's input use touches only the batch's tokens.
@@ -39,12 +39,13 @@ def use_statistics(name: str, param: nn.Parameter, uses: Dict[str, torch.Tensor]
     norms = torch.linalg.vector_norm(stacked, dim=1)
     total_norm = torch.linalg.vector_norm(total)
     cos = (stacked @ total) / (norms * total_norm).clamp_min(1e-30)
-    cancellation = torch.linalg.vector_norm(stacked.sum(0)) / norms.sum().clamp_min(1e-30)
-    error = torch.linalg.vector_norm(stacked.sum(0) - total)
-    tolerance = 1e-5 * stacked.shape[0] * (norms.sum() + 1e-12)
+    summed, norm_sum = stacked.sum(0), norms.sum()
+    cancellation = torch.linalg.vector_norm(summed) / norm_sum.clamp_min(1e-30)
+    error = torch.linalg.vector_norm(summed - total)
+    tolerance = 1e-5 * stacked.shape[0] * (norm_sum + 1e-12)
     names = [tags.use_stat(name, a, "grad_norm") for a in aliases] + [tags.use_stat(name, a, "cos") for a in aliases]
-    names.append(tags.cancellation(name))
-    parts = [norms, cos, cancellation.reshape(1)]
+    names += [tags.tied_grad_norm(name), tags.cancellation(name)]
+    parts = [norms, cos, total_norm.reshape(1), cancellation.reshape(1)]
     if rows:
         names += [tags.use_stat(name, a, "rows_touched") for a in aliases]
         parts.append(torch.stack([(uses[a].reshape(uses[a].shape[0], -1) != 0).any(dim=1).float().mean()
@@ -94,8 +95,8 @@ class Tied(Signal):
     def __init__(self, watched: Watched):
         super().__init__(watched)
         self.uses = watched.uses or UseViews(watched.model, watched.groups)
-        owners = module_sites(watched.model)
-        embedded = {id(p) for m in owners if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
+        embedded = {id(p) for m in watched.model.modules() if isinstance(m, nn.Embedding)
+                    for p in m.parameters(recurse=False)}
         self._rows = {g.canonical for g in watched.groups if id(g.param) in embedded}
         watched.events.write_summary(custom_scalars(tied_layout(watched.groups)))
 
@@ -104,20 +105,19 @@ class Tied(Signal):
 
     def after_backward(self, step, record) -> None:
         self.uses.stop_capture(keep_hooks=self.cadence == 1)
-        with_grad = [g for g in self.watched.groups if g.param.grad is not None]
-        if with_grad:
-            norms = fused_norms([g.param.grad for g in with_grad])
-            record.extend([tags.tied_grad_norm(g.canonical) for g in with_grad], norms)
-        for group in with_grad:
+        for group in self.watched.groups:
+            if group.param.grad is None:
+                continue
             uses = self.uses.ordered(group)
-            if uses:
-                names, values, (error, tolerance) = use_statistics(group.canonical, group.param, uses,
-                                                                   rows=group.canonical in self._rows)
-                record.extend(names, values)
-                record.check(error, tolerance, partial(mismatch, group.canonical, list(uses)))
-                if self.watched.sub_run:  # the same norms again, each in its use's sub-run (one colour each)
-                    for i, alias in enumerate(uses):
-                        record.add(tags.tied_grad_norm(group.canonical), values[i], self.watched.sub_run(use_run(alias)))
+            if not uses:  # nothing caught (no forward pass since the capture began): the sum alone
+                record.add(tags.tied_grad_norm(group.canonical), torch.linalg.vector_norm(group.param.grad))
+                continue
+            names, values, (error, tolerance) = use_statistics(group.canonical, group.param, uses,
+                                                               rows=group.canonical in self._rows)
+            record.extend(names, values)
+            record.check(error, tolerance, partial(mismatch, group.canonical, list(uses)))
+            for i, alias in enumerate(uses):  # each use's norm again, in its use's sub-run (one colour each)
+                record.add(tags.tied_grad_norm(group.canonical), values[i], self.watched.sub_run(use_run(alias)))
 
     def close(self) -> None:
         self.uses.stop_capture()
