@@ -119,6 +119,12 @@ def check_trainer(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}={cfg[key]}: must be 0 or more.")
     if cfg.resume_changes not in ("refuse", "allow"):
         raise ConfigError(f"trainer.resume_changes={cfg.resume_changes!r}: use refuse (the default) or allow.")
+    if cfg.check_every < 1:
+        raise ConfigError(f"trainer.check_every={cfg.check_every}: must be at least 1 (steps between checks "
+                          f"for a non-finite loss or gradient).")
+    if cfg.clip_grad_norm is not None and not cfg.clip_grad_norm > 0:
+        raise ConfigError(f"trainer.clip_grad_norm={cfg.clip_grad_norm}: must be a positive norm (or null: no "
+                          f"clipping).")
 
 
 def check_optimizer(cfg: DictConfig) -> None:

@@ -63,9 +63,11 @@ class DivergenceGuard:
         culprit = first_nonfinite_grad(self.names, self.params)
         if culprit:
             where = f"first parameter with a non-finite gradient at step {step}: {culprit}"
-        else:  # checked later, on the device: this step's gradients are finite again
+        elif self.on_device:  # checked later, on the device: this step's gradients are finite again
             where = (f"the gradients of step {step}, when it was found, are finite (optim.fused=false checks every "
                      f"step on the host and names the parameter)")
+        else:
+            where = f"the gradients of step {step} are finite (the loss itself overflowed)"
         return Diverged(
             f"training diverged at step {bad_step}: {what}; {where}. The weights were not updated with it "
             f"(nor since). Lower optim.lr, pick a gentler init (init.std, init.value), clip gradients "

@@ -47,23 +47,18 @@ class Run:
 
     def __init__(self, cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        check_trainer(cfg.trainer)
+        check_trainer(cfg.trainer)  # every config check happens before the data is loaded and the model built
         check_optimizer(cfg.optim)
-        self.exp = build_experiment(cfg)  # every config check happens here, before anything is written
-        cadences(cfg.telemetry)  # a bad telemetry cadence too
+        cadences(cfg.telemetry)
+        self.exp = build_experiment(cfg)  # (it checks the data, model and init sections; nothing is written yet)
         self.model, self.data = self.exp.model, self.exp.data
         named = list(self.model.named_parameters())
         self.names, self.params = [n for n, _ in named], [p for _, p in named]
         self.optimizer = make_optimizer(cfg.optim, self.params)
         self.guard = DivergenceGuard(self.optimizer, self.names, self.params)
         self.check_every = cfg.trainer.check_every
-        if self.check_every < 1:
-            raise ConfigError(f"trainer.check_every={self.check_every}: must be at least 1 (steps between checks "
-                              f"for a non-finite loss or gradient).")
         self.loss_fn = loss_function(self.data.task)
         self.clip = cfg.trainer.clip_grad_norm
-        if self.clip is not None and not self.clip > 0:
-            raise ConfigError(f"trainer.clip_grad_norm={self.clip}: must be a positive norm (or null: no clipping).")
         groups = tie_groups(self.model)  # the per-use views: model.grad_scale on every step, telemetry on some
         self.uses = UseViews(self.model, groups, cfg.model.grad_scale) if groups or cfg.model.grad_scale else None
         self.shuffle = torch.Generator().manual_seed(cfg.trainer.seed + 1)
@@ -164,13 +159,12 @@ class Run:
         started, epoch_start = time.perf_counter(), self.shuffle.get_state()
         if self.epoch_loss_start is None:
             self.epoch_loss_start = self.monitor.loss_total.clone()
-        done_here = self.skip  # a resumed epoch's mean counts the steps before the interruption too
         steps, epochs = self.data.steps_per_epoch(), self.cfg.trainer.epochs
         progress = Progress(steps, self.skip, self.cfg.trainer.progress_every_s, f"{self.epoch}/{epochs}",
                             later=steps * (epochs - self.epoch))
         self.model.train()
         for x, y in self.data.batches(self.shuffle, self.skip):
-            self.step, self.skip, done_here = self.step + 1, self.skip + 1, done_here + 1
+            self.step, self.skip = self.step + 1, self.skip + 1
             self.train_step(x, y)
             if self.skip >= progress.due:  # the only cost of progress lines on most steps
                 progress.check(self.skip)
@@ -180,7 +174,8 @@ class Run:
                 raise Interrupted(f"stopped by {interrupt.name} at step {self.step}; checkpoint written to {path}.",
                                   interrupt.signum, self.run_dir)
         self.guard.check(self.step)
-        epoch_loss = (self.monitor.loss_total - self.epoch_loss_start).item() / max(done_here, 1)
+        # the epoch's steps (a resumed epoch's mean counts those before the interruption too)
+        epoch_loss = (self.monitor.loss_total - self.epoch_loss_start).item() / max(self.skip, 1)
         self.epoch_loss_start = None
         metrics = {tags.LOSS_TRAIN_EPOCH: epoch_loss, **evaluate(self.model.eval(), self.data)}
         self.val_loss = metrics[tags.LOSS_VAL]
@@ -246,7 +241,7 @@ class Run:
     def finish(self) -> float:
         """Final weights; a finished run is no longer a failure. Returns the final validation loss."""
         if self.val_loss != self.val_loss:  # resumed a run that had already finished its epochs
-            self.val_loss = evaluate(self.model.eval(), self.data)["loss/val"]
+            self.val_loss = evaluate(self.model.eval(), self.data)[tags.LOSS_VAL]
         save_weights(self.model, self.run_dir / WEIGHTS_FINAL)
         (self.run_dir / FAILURE_FILE).unlink(missing_ok=True)  # a resumed run that finishes is no longer a failure
         log.info("done: loss/train %.6f (the mean since the previous point)  loss/val %.6f; see it with: %s",
