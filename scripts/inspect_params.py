@@ -27,12 +27,19 @@ def main(argv):
     options, overrides = {}, []
     for arg in argv:
         key, sep, value = arg.partition("=")
-        (options.__setitem__(key, value) if sep and key in OPTIONS else overrides.append(arg))
+        if sep and key in OPTIONS:
+            options[key] = value
+        else:
+            overrides.append(arg)
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    import copy
+
+    from experiments.checkpoints import load_weights
     from experiments.errors import ConfigError, ExperimentError
     from experiments.inspection import compose_model, load_run, render_json, render_text, report
+    from experiments.runs import weights_path
 
     try:
         if options.get("format", "text") not in ("text", "json"):
@@ -47,7 +54,9 @@ def main(argv):
             run = load_run(options["run"], options.get("weights", "final"), allow)
             exp = run.experiment
             if "compare" in options:
-                reference = load_run(options["run"], "init", allow).model.state_dict()
+                initial = copy.deepcopy(exp.model)  # the same model, its initial weights (ties checked)
+                load_weights(initial, weights_path(options["run"], "init"))
+                reference = initial.state_dict()
         else:
             if {"compare", "weights", "allow_targets"} & set(options):
                 raise ConfigError("compare=, weights= and allow_targets= need run=<run folder>.")

@@ -76,3 +76,12 @@ def test_every_source_module_has_its_schema_and_yaml():
     for name, schema in schemas.items():
         assert f"/schema/data/{name}@_here_" in (CONF / "data" / f"{name}.yaml").read_text()
         assert schema._target_.endswith(".load") and compose_config([f"data={name}"]).data._target_ == schema._target_
+
+
+@pytest.mark.parametrize("source, task, actual", [("digits", "regression", "classification"),
+                                                  ("zipf_text", "classification", "next_token")])
+def test_a_task_the_data_does_not_have_is_an_error(source, task, actual):
+    """A source whose task is fixed does not quietly train another one than data.task says."""
+    cfg = compose_config([f"data={source}", f"data.task={task}"]).data
+    with pytest.raises(ConfigError, match=f"data.task='{task}', but the {source} data is a {actual} task"):
+        load_data(cfg, seed=0)

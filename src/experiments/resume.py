@@ -92,8 +92,7 @@ def check_changes(changes: List[Change], allow: str, checkpoint: Path) -> None:
     raise ConfigError(
         f"trainer.resume: {checkpoint} was trained with other settings than this command gives: {shown}. Resume with "
         f"the checkpoint's settings (drop or fix these overrides), start a new run in another folder, or add "
-        f"trainer.resume_changes=allow to continue with the new values. Only trainer.epochs, the checkpoint and "
-        f"telemetry cadences and trainer.device may change freely.")
+        f"trainer.resume_changes=allow to continue with the new values. Free to change: {', '.join(FREE)}.")
 
 
 def describe(changes: List[Change]) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..errors import ConfigError
 from ..targets import resolve
@@ -32,7 +32,6 @@ def complete(cfg: DictConfig) -> None:
         for f in dataclasses.fields(DataConfig):
             if f.name not in cfg:
                 cfg[f.name] = cfg._target_ if f.name == "name" else f.default
-    assert MISSING not in (cfg.task, cfg.batch_size)
 
 
 def load_data(cfg: DictConfig, seed: int) -> Dataset:
@@ -49,6 +48,9 @@ def load_data(cfg: DictConfig, seed: int) -> Dataset:
             raise ConfigError(f"data.{key}={cfg[key]}: must be at least 1 to form a batch.")
     loader = resolve(cfg._target_, "data._target_")
     data = loader(cfg, seed)
+    if cfg.task != data.task:  # a source whose task is fixed (digits, zipf_text, ...) ignores the key
+        raise ConfigError(f"data.task={cfg.task!r}, but the {cfg.name} data is a {data.task} task: drop data.task "
+                          f"(this data fixes it).")
     if cfg.num_outputs is not None and cfg.num_outputs != data.num_outputs:
         raise ConfigError(f"data.num_outputs={cfg.num_outputs}, but the {cfg.name} data needs "
                           f"{data.num_outputs} outputs. Leave it unset (null) to take it from the data.")
