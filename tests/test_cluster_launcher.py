@@ -234,9 +234,11 @@ def test_a_requeued_job_continues_from_its_checkpoint_by_itself(make_cfg, tmp_pa
     first = make_cfg(["data.n_train=64", "trainer.epochs=1", "telemetry.loss.every=1"])
     train(first, tmp_path)
     init = (tmp_path / "weights_init.pt").read_bytes()
+    init_written = (tmp_path / "weights_init.pt").stat().st_mtime_ns  # same seed, same bytes: the time tells
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     again = make_cfg(["data.n_train=64", "trainer.epochs=2", "telemetry.loss.every=1"])
     train(again, tmp_path)
     assert again.trainer.resume == "auto" and (tmp_path / "weights_init.pt").read_bytes() == init
+    assert (tmp_path / "weights_init.pt").stat().st_mtime_ns == init_written  # kept, not written again
     assert [e.step for e in read_events(tmp_path).Scalars("loss/train")] == [1, 2, 3, 4]
     assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"] == 4

@@ -95,6 +95,8 @@ class ClusterLauncher(SlurmLauncher):
         executor = self.executor()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:  # hydra.sweep.mode, as submitit's own launcher honours it
+            sweep_dir.chmod(int(str(self.config.hydra.sweep.mode), 8))
         job_params: List[Any] = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
