@@ -1,6 +1,8 @@
 """The divergence guard: a non-finite step never reaches the weights, and a quiet step (nothing
 logged, nothing checked) reads nothing back to the host."""
 
+import re
+
 import pytest
 import torch
 
@@ -95,3 +97,34 @@ def test_a_non_finite_step_never_reaches_the_weights(tmp_path, fused):
         assert all(torch.equal(run.optimizer.state[p]["momentum_buffer"], reference.optimizer.state[q]["momentum_buffer"])
                    for p, q in zip(run.model.parameters(), reference.model.parameters())
                    if "momentum_buffer" in run.optimizer.state[p] and run.optimizer.state[p]["momentum_buffer"] is not None)
+
+
+def test_a_run_whose_values_leave_float32_is_reported_as_diverged(tmp_path):
+    """The tied LM at lr 0.5: after epoch 1 loss/val is ~150 nats, so ppl/val (e^150) is beyond float32.
+    Through the CLI: one paragraph naming the metric, failure.txt, exit 1, no traceback; what was logged
+    before reads back (values beyond float32 are inf there, never an OverflowError)."""
+    from conftest import read_events, run_cli
+
+    run_dir = tmp_path / "run"
+    result = run_cli(["model=tied_lm", "data=zipf_text", "data.n_train=256", "data.n_val=64", "data.vocab=50",
+                      "trainer.epochs=3", "optim.lr=0.5", f"hydra.run.dir={run_dir}"], timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output and "OverflowError" not in output, output
+    reason = (run_dir / "failure.txt").read_text()
+    assert reason.startswith("Diverged: training diverged by step 4: ppl/val is "), reason
+    assert "beyond float32's range" in reason and "loss/val 1" in reason and "Lower optim.lr" in reason
+    assert reason.count("\n") == 1 and reason in output
+    assert not (run_dir / "weights_final.pt").exists()
+    assert [e.step for e in read_events(run_dir).Scalars("loss/train")] == [1, 2, 3, 4]
+
+
+def test_epoch_metrics_are_checked_as_float32():
+    from experiments.guards import check_validation
+
+    check_validation(3, {"loss/val": 88.0, "ppl/val": 1.6e38}, [], [])  # within float32: fine
+    for metrics, named in [({"loss/val": float("nan")}, "loss/val is nan"),
+                           ({"loss/val": 89.0, "ppl/val": 4.5e38}, "ppl/val is 4.5e+38, beyond float32's range"),
+                           ({"loss/val": -1e39}, "loss/val is -1e+39, beyond")]:
+        with pytest.raises(Diverged, match=re.escape(f"diverged by step 3: {named}")):
+            check_validation(3, metrics, [], [])

@@ -107,3 +107,25 @@ def test_blocks_singles_sub_runs_and_checks_in_any_order(tmp_path):
     sub.close()
     assert [(e.step, e.value) for e in read_events(tmp_path / "run").Scalars("a")] == [(1, 1.0)]
     assert [(e.step, e.value) for e in read_events(tmp_path / "run" / "uses" / "2").Scalars("a")] == [(1, 8.0)]
+
+
+def test_values_beyond_float32_are_logged_as_inf_as_protobuf_stores_them(tmp_path):
+    """A diverging run's values (a loss of 1e39, a perplexity of e^150, an int beyond float64) are ±inf,
+    in the bulk encoding, through EventFile and through ScalarWriter's float64 blocks; never an error."""
+    just_above = 3.4028235677973366e38  # rounds to inf in float32 (protobuf and IEEE agree)
+    values = [1e39, -1e39, 10**400, -(10**400), just_above, 3.4e38, 2.5]
+    expected = Event(wall_time=1.5, step=-100, summary=Summary(
+        value=[Summary.Value(tag=f"v{i}", simple_value=float(min(max(v, -1e300), 1e300)))
+               for i, v in enumerate(values)])).SerializeToString()
+    assert encode_scalars(-100, 1.5, [f"v{i}" for i in range(len(values))], values) == expected
+    events = EventFile(tmp_path)
+    events.write_scalars(3, [f"v{i}" for i in range(len(values))], values)
+    scalars = ScalarWriter(events)
+    scalars.extend(["block/0", "block/1"], torch.tensor([1e39, -1e300], dtype=torch.float64))
+    assert scalars.flush(4) == {"block/0": float("inf"), "block/1": float("-inf")}
+    events.close()
+    acc = read_events(tmp_path)
+    inf = float("inf")
+    assert [acc.Scalars(f"v{i}")[0].value for i in range(len(values))] == \
+        [inf, -inf, inf, -inf, inf, pytest.approx(3.4e38, rel=1e-7), 2.5]
+    assert [(e.step, e.value) for e in acc.Scalars("block/0")] == [(4, inf)]

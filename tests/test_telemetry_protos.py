@@ -61,3 +61,21 @@ def test_binning_is_numpys_on_the_edges_themselves():
                                                                 edges[-1], edges[0], 2e20, -2e20, 1e300, -1e300])]
     for values in cases:
         assert np.array_equal(_bin(torch.from_numpy(values)), np.histogram(values, bins=edges)[0])
+
+
+def test_numbers_beyond_float_range_are_inf_in_hparams_and_histograms():
+    """An hparam int too large for a double is ±inf (not an OverflowError); a float64 tensor whose sum
+    of squares overflows gives an inf ``sum_squares`` without a numpy warning."""
+    import math
+    import warnings
+
+    start = protos.hparams({"big": 10**400, "small": -(10**400), "lr": 0.5}, ["loss/val"], "run")[1]
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    info = plugin_data_pb2.HParamsPluginData.FromString(start.value[0].metadata.plugin_data.content)
+    hp = info.session_start_info.hparams
+    assert (hp["big"].number_value, hp["small"].number_value, hp["lr"].number_value) == (math.inf, -math.inf, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        histo = protos.histogram("h", torch.tensor([1e300, -1e300, 3.0], dtype=torch.float64)).value[0].histo
+    assert (histo.num, histo.sum_squares, histo.max) == (3, math.inf, 1e300)

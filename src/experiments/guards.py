@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import signal
-from typing import List, Optional
+from typing import List, Mapping, Optional
 
 import torch
 
@@ -75,14 +75,27 @@ class DivergenceGuard:
         )
 
 
-def check_validation(step: int, val_loss: float, names: List[str], params: List[torch.nn.Parameter]) -> None:
-    """Raise :class:`Diverged` if the validation loss is not finite (e.g. weights overflowed)."""
-    if math.isfinite(val_loss):
+FLOAT32_MAX = torch.finfo(torch.float32).max  # a value beyond it is stored as ±inf in TensorBoard's float32
+
+
+def check_validation(step: int, metrics: Mapping[str, float], names: List[str], params: List[torch.nn.Parameter]) -> None:
+    """Raise :class:`Diverged` if an epoch's metric is not a finite float32: a validation loss that is
+    inf or nan (e.g. weights overflowed), or a perplexity beyond float32's range (``loss/val`` above
+    ~88.7 nats: far worse than guessing, and TensorBoard would show inf)."""
+    bad = next(((tag, value) for tag, value in metrics.items() if not abs(value) <= FLOAT32_MAX), None)
+    if bad is None:
         return
+    tag, value = bad
     culprit = next((n for n, p in zip(names, params) if not bool(torch.isfinite(p).all())), None)
+    if math.isfinite(value):
+        what = f"{tag} is {value:.3g}, beyond float32's range (TensorBoard would show inf)"
+        where = f"first parameter that is not finite: {culprit}" if culprit else "every parameter is still finite"
+    else:
+        what = f"{tag} is {value}"
+        where = f"first parameter that is not finite: {culprit or 'none (the outputs overflow)'}"
+    others = ", ".join(f"{t} {v:.6g}" for t, v in metrics.items() if t != tag)
     raise Diverged(
-        f"training diverged by step {step}: the validation loss is {val_loss}; first parameter that is "
-        f"not finite: {culprit or 'none (the outputs overflow)'}. "
+        f"training diverged by step {step}: {what}{f' ({others})' if others else ''}; {where}. "
         f"Lower optim.lr, pick a gentler init (init.std, init.value), or check the data."
     )
 

@@ -179,7 +179,7 @@ class Run:
         self.epoch_loss_start = None
         metrics = {tags.LOSS_TRAIN_EPOCH: epoch_loss, **evaluate(self.model.eval(), self.data)}
         self.val_loss = metrics[tags.LOSS_VAL]
-        check_validation(self.step, self.val_loss, self.names, self.params)
+        check_validation(self.step, metrics, self.names, self.params)
         self.monitor.epoch_end(self.step, metrics)
         log.info("epoch %d/%d  step %d  %s  (%.2fs)", self.epoch, self.cfg.trainer.epochs, self.step,
                  "  ".join(f"{k} {v:.6f}" for k, v in metrics.items()), time.perf_counter() - started)

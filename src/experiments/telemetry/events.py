@@ -16,6 +16,7 @@ drops what an earlier file logged from that step on.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import socket
 import struct
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
@@ -54,6 +56,10 @@ def record(data: bytes) -> bytes:
 
 
 def _varint(n: int) -> bytes:
+    """Protobuf's base-128 varint; a negative int64 as its 64-bit two's complement (ten bytes), as
+    protobuf writes it (shifting a negative number right never reaches 0)."""
+    if n < 0:
+        n &= (1 << 64) - 1
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -76,11 +82,34 @@ def _prefix(tag: str) -> bytes:
     return _PREFIXES[tag]
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def as_float32(value) -> float:
+    """``value`` as the float32 TensorBoard stores: beyond float32's range it is ±inf (a diverging
+    run's loss of 1e39, a perplexity of e^100, an int too large for a float), never an error."""
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float64
+        return math.inf if value > 0 else -math.inf
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))  # rounds as IEEE does: just above the maximum is the maximum
+
+
+def pack_float32s(values: Sequence[float]) -> bytes:
+    """Little-endian float32s; values beyond float32's range are ±inf (see :func:`as_float32`)."""
+    try:
+        return struct.pack(f"<{len(values)}f", *values)
+    except OverflowError:  # the rare slow path: only a value out of range gets here
+        return struct.pack(f"<{len(values)}f", *map(as_float32, values))
+
+
 def encode_scalars(step: int, wall_time: float, tags: Sequence[str], values: Sequence[float]) -> bytes:
     """``Event(wall_time, step, summary=Summary(value=[Value(tag, simple_value)...]))`` serialized:
-    the bytes protobuf writes, built without a protobuf object per value."""
+    the bytes protobuf writes, built without a protobuf object per value. A value beyond float32's
+    range is written as ±inf, as protobuf stores it."""
     n, known = len(tags), _PREFIXES.get
-    floats = struct.pack(f"<{n}f", *values)
+    floats = pack_float32s(values)
     parts = [b""] * (2 * n)  # prefix, float, prefix, float, ...: one join
     parts[0::2] = [known(t) or _prefix(t) for t in tags]
     parts[1::2] = [floats[i:i + 4] for i in range(0, 4 * n, 4)]

@@ -43,6 +43,14 @@ def custom_scalars(layout: Mapping[str, Mapping[str, list]]) -> Summary:
     return Summary(value=[Summary.Value(tag="custom_scalars__config__", tensor=tensor, metadata=metadata)])
 
 
+def _as_double(value) -> float:
+    """A number as the double the HParams tab holds; an int beyond a double's range is ±inf."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _hparams_summary(tag: str, **data) -> Summary:
     content = plugin_data_pb2.HParamsPluginData(version=0, **data).SerializeToString()
     metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="hparams", content=content))
@@ -58,7 +66,7 @@ def hparams(values: Mapping[str, object], metrics: Sequence[str], name: str = ""
         if value is None:
             continue
         if isinstance(value, (int, float)):
-            start.hparams[key].number_value = value
+            start.hparams[key].number_value = _as_double(value)
             infos.append(api_pb2.HParamInfo(name=key, type=api_pb2.DataType.Value("DATA_TYPE_FLOAT64")))
         else:
             start.hparams[key].string_value = str(value)
@@ -119,13 +127,15 @@ def histogram(tag: str, values: torch.Tensor) -> Summary:
     if x.numel() == 0:  # nothing finite to draw: an empty histogram rather than a crash
         return Summary(value=[Summary.Value(tag=tag, histo=HistogramProto())])
     counts, limits, x = _bin(x), HISTOGRAM_BINS, x.numpy()
+    with np.errstate(over="ignore"):  # a diverging float64 tensor: its sum of squares is inf, not a warning
+        total, squares = x.sum(), x.dot(x)
     cumulative = np.cumsum(counts > 0)
     first, last = np.searchsorted(cumulative, [0, cumulative[-1] - 1], side="right")
     first, last = int(first), int(last) + 1
     # TensorBoard keeps only right bin limits: an empty bin on the left keeps the leftmost one
     counts = counts[first - 1:last] if first > 0 else np.concatenate([[0], counts[:last]])
     limits = limits[first:last + 1]
-    proto = HistogramProto(min=x.min(), max=x.max(), num=len(x), sum=x.sum(), sum_squares=x.dot(x),
+    proto = HistogramProto(min=x.min(), max=x.max(), num=len(x), sum=total, sum_squares=squares,
                            bucket_limit=limits.tolist(), bucket=counts.tolist())
     return Summary(value=[Summary.Value(tag=tag, histo=proto)])
 
