@@ -51,6 +51,50 @@ def test_a_second_process_is_refused_and_a_stale_lock_taken_over(tmp_path, caplo
     RunLock.acquire(tmp_path).release()
 
 
+def _contend(folder, ready, go, results, done):
+    """One of many processes that try to take the folder at the same moment; it holds what it got (alive,
+    so its lock is not stale) until every one has decided."""
+    ready.put(os.getpid())
+    go.wait()
+    try:
+        RunLock.acquire(folder)
+        results.put(os.getpid())
+    except RunFolderTaken:
+        results.put(None)
+    done.wait(60)
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["new", "stale"])
+def test_of_many_processes_started_at_once_exactly_one_holds_the_folder(tmp_path, stale):
+    """A real race: 12 processes released together on an empty folder, or on one whose lock was left by
+    a dead process. Each round exactly one takes it, and .lock names that one (no process ever reads a
+    lock before its owner is written, nor deletes another's fresh lock as stale)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for round in range(4):
+        folder = tmp_path / f"round{round}"
+        if stale:
+            gone = subprocess.Popen(["true"])
+            gone.wait()
+            write_lock(folder, pid=gone.pid)
+        ready, go, results, done = ctx.Queue(), ctx.Event(), ctx.Queue(), ctx.Event()
+        contenders = [ctx.Process(target=_contend, args=(folder, ready, go, results, done)) for _ in range(12)]
+        for p in contenders:
+            p.start()
+        for _ in contenders:
+            ready.get(timeout=60)
+        go.set()
+        got = [results.get(timeout=60) for _ in contenders]
+        done.set()
+        for p in contenders:
+            p.join(timeout=60)
+        winners = [pid for pid in got if pid is not None]
+        assert len(winners) == 1, f"round {round}: {len(winners)} processes hold {folder}"
+        assert json.loads((folder / LOCK).read_text())["pid"] == winners[0]
+        assert sorted(p.name for p in folder.iterdir()) == [LOCK]  # no owner files left behind
+
+
 def test_a_new_run_in_an_occupied_folder_is_refused_and_writes_nothing(tmp_path):
     run_dir = tmp_path / "run"
     train(compose_config(SHORT), run_dir)

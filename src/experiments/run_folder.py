@@ -5,6 +5,8 @@ errors that name it.
   ``SLURM_JOB_ID`` of the process training there. A second process is refused. A lock whose
   process is gone (same host) is stale and taken over, with a log line; a lock with our own
   ``SLURM_JOB_ID`` is ours (a requeued Slurm job keeps its id and may land on another host).
+  It appears with its owner written (a hard link of a finished file), and a take-over is decided
+  under the folder's ``flock``: of many processes started at once, one holds the folder.
 - :func:`previous_run`: what in a folder shows that a run was there (event files, checkpoints,
   weights). A new run (no ``trainer.resume``) refuses such a folder; ``trainer.resume=auto``
   with no checkpoint yet starts over and :func:`discard_events` removes the old events, so each
@@ -18,12 +20,15 @@ errors that name it.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -93,7 +98,12 @@ def busy_reason(holder: Optional[Dict[str, Any]]) -> Optional[str]:
 
 
 class RunLock:
-    """``<folder>/.lock`` while this process trains in ``folder`` (see the module docstring)."""
+    """``<folder>/.lock`` while this process trains in ``folder`` (see the module docstring).
+
+    Taking it is atomic: the owner is written to a file of its own first, then hard-linked to
+    ``.lock``, which fails if a lock exists; so no process ever sees a lock without its owner. The
+    decision to take over a stale lock is made under ``flock`` on the folder, so of several processes
+    that find the same stale lock one takes it and the others then find its (live) lock."""
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / LOCK
@@ -103,11 +113,13 @@ class RunLock:
     def acquire(cls, folder: Path) -> "RunLock":
         lock = cls(folder)
         Path(folder).mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
-            try:
-                fd = os.open(lock.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+        with _deciding(Path(folder)):
+            for _ in range(3):
+                if lock._create():
+                    return lock
                 holder = read_lock(folder)
+                if holder is None:  # released meanwhile
+                    continue
                 reason = busy_reason(holder)
                 if reason:
                     raise RunFolderTaken(
@@ -115,17 +127,71 @@ class RunLock:
                         f"in one folder would mix their curves. Wait for it, or choose another folder "
                         f"(hydra.run.dir=...). If no such process is training any more, delete {lock.path}.")
                 log.warning("taking over the stale lock %s (left by process %s on %s, which is gone)", lock.path,
-                            (holder or {}).get("pid", "?"), (holder or {}).get("host", "?"))
+                            holder.get("pid", "?"), holder.get("host", "?"))
                 lock.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(lock.mine, f)
-            return lock
         raise RunFolderTaken(f"{folder}: could not take {lock.path}: other processes keep taking it.")
+
+    def _create(self) -> bool:
+        """``.lock`` holding this process, in one step; False if there is one already."""
+        owner = self.path.with_name(f"{LOCK}.{os.getpid()}.{secrets.token_hex(4)}")  # not ``.tmp``: see remove_temporaries
+        try:
+            owner.write_text(json.dumps(self.mine))
+            os.link(owner, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in NO_HARD_LINKS:
+                raise
+            return self._create_in_place()
+        finally:
+            owner.unlink(missing_ok=True)
+
+    def _create_in_place(self) -> bool:
+        """Where the file system has no hard links: create, then write (under the folder's ``flock``)."""
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.mine, f)
+        return True
 
     def release(self) -> None:
         if read_lock(self.path.parent) == self.mine:
             self.path.unlink(missing_ok=True)
+
+
+NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
+DECIDE_TIMEOUT_S = 10.0  # a process holds the folder's flock for microseconds; this long means it is stuck
+
+
+@contextmanager
+def _deciding(folder: Path) -> Iterator[None]:
+    """``flock`` on ``folder`` while a process reads ``.lock`` and decides to take it (the kernel lets go
+    when the process ends). A file system without ``flock`` on folders goes without it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield
+        return
+    try:
+        deadline = time.monotonic() + DECIDE_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RunFolderTaken(f"{folder}: another process has been taking {folder / LOCK} for "
+                                         f"{DECIDE_TIMEOUT_S:.0f} s; try again.") from None
+                time.sleep(0.005)
+            except OSError as e:  # no flock here (some network file systems)
+                log.debug("no flock on %s (%s): taking the lock without it", folder, e)
+                break
+        yield
+    finally:
+        os.close(fd)
 
 
 # --- what a folder holds ------------------------------------------------------------------------
