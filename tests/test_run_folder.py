@@ -18,6 +18,7 @@ from experiments.run_folder import LOCK, RunLock, remove_temporaries
 from experiments.training import train
 
 SHORT = ["trainer.epochs=1", "data.n_train=64", "telemetry.histograms.enabled=false"]
+RACE_LR = (0.011, 0.022)
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 
 
@@ -126,6 +127,8 @@ def cli_cases(tmp_path_factory):
     (occupied / ".hydra").mkdir()
     (occupied / ".hydra" / "config.yaml").write_text("the: original\n")
     cases = {"occupied": [*SHORT, f"hydra.run.dir={occupied}"]}
+    for lr in RACE_LR:  # two new runs started at once in one folder
+        cases[f"race {lr}"] = ["trainer.epochs=1", "data.n_train=256", f"optim.lr={lr}", f"hydra.run.dir={root / 'race'}"]
     mounts = []
     if os.geteuid() == 0:
         for name, options in (("full", "size=1200k"), ("readonly", "ro,size=64k")):
@@ -137,7 +140,7 @@ def cli_cases(tmp_path_factory):
                          f"hydra.run.dir={root / 'full' / 'run'}"]
         cases["readonly"] = [*SHORT, f"hydra.run.dir={root / 'readonly' / 'run'}"]
     try:
-        with ThreadPoolExecutor(max_workers=3) as pool:
+        with ThreadPoolExecutor(max_workers=len(cases)) as pool:  # all at once
             results = dict(zip(cases, pool.map(lambda args: run_cli(args, timeout=90), cases.values())))
         yield root, results
     finally:
@@ -156,6 +159,31 @@ def test_a_command_in_an_occupied_folder_is_refused_before_hydra_writes(cli_case
     assert "Traceback" not in output
     assert (root / "occupied" / ".hydra" / "config.yaml").read_text() == "the: original\n"  # Hydra did not overwrite it
     assert not (root / "occupied" / "failure.txt").exists()
+
+
+def test_of_two_runs_started_at_once_in_one_folder_the_folder_records_the_trained_one(cli_cases):
+    """The second command is refused before Hydra writes: the folder's .hydra/config.yaml, overrides.yaml
+    and train.log are the trained run's own (its optim.lr, no line of the refused command)."""
+    from omegaconf import OmegaConf
+
+    from experiments.checkpoints import load
+
+    root, results = cli_cases
+    race = root / "race"
+    codes = {lr: results[f"race {lr}"].returncode for lr in RACE_LR}
+    assert sorted(codes.values()) == [0, 1], {lr: results[f"race {lr}"].stderr[-2000:] for lr in RACE_LR}
+    trained = next(lr for lr, code in codes.items() if code == 0)
+    refused = results[f"race {next(lr for lr in RACE_LR if lr != trained)}"]
+    output = refused.stdout + refused.stderr
+    assert "RunFolderTaken: " in output and "Traceback" not in output, output
+    assert "another run is training in this folder" in output or "already holds a run" in output, output
+    assert OmegaConf.load(race / ".hydra" / "config.yaml").optim.lr == trained
+    assert f"optim.lr={trained}" in list(OmegaConf.load(race / ".hydra" / "overrides.yaml"))
+    assert f"optim.lr={trained}" in OmegaConf.load(race / ".hydra" / "hydra.yaml").hydra.overrides.task
+    assert OmegaConf.create(load(race / "checkpoints" / "last.pt")["config"]).optim.lr == trained
+    log = (race / "train.log").read_text()
+    assert "RunFolderTaken" not in log and "done: loss/train" in log and log.count("training mlp") == 1, log
+    assert not (race / "failure.txt").exists() and not (race / LOCK).exists()
 
 
 @ROOT_ONLY

@@ -19,6 +19,7 @@ errors that name it.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import fcntl
 import json
@@ -111,11 +112,17 @@ class RunLock:
 
     @classmethod
     def acquire(cls, folder: Path) -> "RunLock":
+        """Take ``folder`` for this process (it may hold it already: the Hydra callback took it before
+        Hydra wrote its files, then the training run asks again)."""
+        held = _HELD.get(os.path.realpath(folder))
+        if held and held.mine == this_process() and read_lock(folder) == held.mine:
+            return held
         lock = cls(folder)
         Path(folder).mkdir(parents=True, exist_ok=True)
         with _deciding(Path(folder)):
             for _ in range(3):
                 if lock._create():
+                    _HELD[os.path.realpath(folder)] = lock
                     return lock
                 holder = read_lock(folder)
                 if holder is None:  # released meanwhile
@@ -158,10 +165,13 @@ class RunLock:
         return True
 
     def release(self) -> None:
+        if _HELD.get(os.path.realpath(self.path.parent)) is self:
+            del _HELD[os.path.realpath(self.path.parent)]
         if read_lock(self.path.parent) == self.mine:
             self.path.unlink(missing_ok=True)
 
 
+_HELD: Dict[str, RunLock] = {}  # the folders this process holds, by real path
 NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
 DECIDE_TIMEOUT_S = 10.0  # a process holds the folder's flock for microseconds; this long means it is stuck
 
@@ -322,15 +332,33 @@ def check_folder(folder: Path, resume: Optional[str]) -> None:
 
 class RunFolderCheck(Callback):
     """Checks a run's folder (a sweep's folder) before Hydra writes into it: writable, not in use
-    by another process, and, without ``trainer.resume``, holding no earlier run."""
+    by another process, and, without ``trainer.resume``, holding no earlier run; then claims it
+    (:class:`RunLock`) before Hydra writes ``.hydra/`` and opens ``train.log``. Of two commands
+    started at once in one folder, the second is refused here, so the folder's config, overrides and
+    log are the trained run's own. A sweep's folder is claimed by the sweep's process the same way."""
+
+    def __init__(self) -> None:
+        self.lock: Optional[RunLock] = None
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        self._check(lambda: check_folder(Path(str(config.hydra.run.dir)), config.trainer.resume))
+        folder = Path(str(config.hydra.run.dir))
+        self._check(lambda: check_folder(folder, config.trainer.resume))
+        self._claim(folder)
+
+    def on_run_end(self, config: Any, **kwargs: Any) -> None:
+        self._release()
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        sweep = Path(str(config.hydra.sweep.dir))
+
         def check() -> None:
-            sweep = Path(str(config.hydra.sweep.dir))
             check_writable(sweep)
+            if sweep.is_dir():
+                reason = busy_reason(read_lock(sweep))
+                if reason:
+                    raise RunFolderTaken(f"{sweep}: another sweep is running in this folder ({reason}; see "
+                                         f"{sweep / LOCK}). Wait for it, or choose another hydra.sweep.dir (or leave "
+                                         f"it out). If no such process is running any more, delete {sweep / LOCK}.")
             if sweep.is_dir() and not config.trainer.resume:
                 taken = sorted(p.name for p in sweep.iterdir() if p.is_dir() and previous_run(p))
                 if taken:
@@ -339,6 +367,20 @@ class RunFolderCheck(Callback):
                         f"{f' and {len(taken) - 3} more' if len(taken) > 3 else ''}): continue them with "
                         f"trainer.resume=auto, or choose another hydra.sweep.dir (or leave it out).")
         self._check(check)
+        self._claim(sweep)
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        self._release()
+
+    def _claim(self, folder: Path) -> None:
+        self.lock = None
+        self._check(lambda: setattr(self, "lock", RunLock.acquire(folder)))
+        atexit.register(self._release)  # an exit that skips on_run_end (SystemExit from a failed run)
+
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     @staticmethod
     def _check(check) -> None:
