@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from .checkpoint_checks import check_layout, check_training_state, check_weights
 from .errors import CheckpointError
 from .runs import CHECKPOINT_DIR, LAST, checkpoint_dir
 from .tying import TieManifest, tie_manifest, verify_ties
@@ -76,8 +77,9 @@ def save_weights(model: nn.Module, path: Path) -> None:
 def load_weights(model: nn.Module, path: Path) -> TieManifest:
     """Copy saved weights into ``model`` (ties kept) and check every tie still holds."""
     saved = load(path)
-    if "state_dict" not in saved:
+    if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
         raise CheckpointError(f"{path}: holds no state_dict.")
+    check_weights(saved["state_dict"], model, path)  # dtypes, shapes, ties: before anything is copied
     load_state(model, saved["state_dict"], path)
     manifest = saved.get("tie_manifest", {})
     verify_ties(model, manifest)
@@ -133,18 +135,20 @@ def run_dir_of(checkpoint: Path) -> Path:
 
 
 def load_training_state(path: Path) -> Dict[str, Any]:
-    """A training checkpoint's content, checked to be one."""
+    """A training checkpoint's content, checked to be one: its entries, their types and ranges
+    (``checkpoint_checks.check_layout``)."""
     state = load(path)
-    missing = {"state_dict", "optimizer", "rng", "step", "epoch", "batch_in_epoch"} - set(state)
-    if missing:
-        raise CheckpointError(f"{path}: not a training checkpoint (missing {', '.join(sorted(missing))}).")
+    check_layout(state, path)
     return state
 
 
 def restore_training_state(state: Dict[str, Any], path: Path, model: nn.Module,
-                           optimizer: Optional[torch.optim.Optimizer]) -> None:
+                           optimizer: Optional[torch.optim.Optimizer], steps_per_epoch: int) -> None:
     """Load a checkpoint's weights into ``model`` (ties verified) and its state into ``optimizer``
-    (None: a new optimizer starts fresh), and restore the global RNG."""
+    (None: a new optimizer starts fresh), and restore the global RNG. Everything is checked against
+    the model, the optimizer and the epoch's length first (``checkpoint_checks``): a bad entry
+    restores nothing."""
+    check_training_state(state, path, model, optimizer, steps_per_epoch)
     load_state(model, state["state_dict"], path)
     verify_ties(model, state.get("tie_manifest", {}))
     if optimizer is not None:
@@ -153,5 +157,6 @@ def restore_training_state(state: Dict[str, Any], path: Path, model: nn.Module,
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"{path}: its optimizer state does not fit this optimizer ({e}).") from None
     torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"]:
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    cuda = state["rng"].get("cuda") or []
+    if cuda and torch.cuda.is_available():  # a GPU run resumed on the CPU has no CUDA generator to restore
+        torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])

@@ -108,7 +108,8 @@ class Run:
         remove_temporaries(self.run_dir)
         if checkpoint:
             new_optimizer = any(c.key == "optim._target_" for c in changes)
-            restore_training_state(state, checkpoint, self.model, None if new_optimizer else self.optimizer)
+            restore_training_state(state, checkpoint, self.model, None if new_optimizer else self.optimizer,
+                                   self.data.steps_per_epoch())
             set_hyperparameters(self.optimizer, cfg.optim)  # the config's lr & co., not the checkpoint's
             self.step, self.epoch, self.skip = state["step"], state["epoch"], state["batch_in_epoch"]
             self.shuffle.set_state(state["rng"]["shuffle"])
