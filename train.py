@@ -1,12 +1,14 @@
 """Build, initialize, train and log one experiment: ``python train.py model=tied init=xavier``."""
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from experiments.config import register_configs
-from experiments.failures import run_and_report
+from experiments.failures import literal_resume_argument, run_and_report
 from experiments.training import train
 
 register_configs()
@@ -20,4 +22,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv = literal_resume_argument(sys.argv)  # trainer.resume=<job folder>, whose name has '=' and ','
     main()

@@ -87,3 +87,31 @@ def test_bad_settings_are_refused_before_anything_is_written(tmp_path, overrides
         train(compose_config(overrides), tmp_path / "run")
     assert message in str(caught.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_sweep_job_folder_typed_unquoted_after_trainer_resume_is_taken_as_the_path(tmp_path):
+    """Job folders are named by their overrides ('init=xavier,model=tied'): Hydra's grammar cannot read such a
+    value unquoted (it stops at '=' or reads ',' as a sweep). The hand-typed command resumes the job, as the
+    printed, quoted one does; a value that names nothing is the usual "no checkpoint at" paragraph."""
+    from experiments.config import compose_config
+    from experiments.failures import literal_resume_argument
+    from experiments.training import train
+
+    short = ["model=tied", "data.n_train=64", "data.n_val=32", "telemetry.histograms.enabled=false"]
+    job = tmp_path / "sweep" / "init=xavier,model=tied"
+    train(compose_config([*short, "init=xavier", "trainer.epochs=1"]), job)
+    result = run_cli([*short, "init=xavier", "trainer.epochs=2", f"trainer.resume={job}",
+                      f"hydra.run.dir={tmp_path / 'invocation'}"], timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert f"resuming from {job / 'checkpoints' / 'last.pt'} at step 2" in output
+    assert torch.load(job / "checkpoints" / "last.pt", weights_only=True)["step"] == 4  # 2 epochs of 2 steps
+
+    missing = f"{tmp_path}/other/lr=0.1,model=tied"
+    assert literal_resume_argument(["train.py", f"trainer.resume={missing}", "a=b,c"]) == \
+        ["train.py", f"trainer.resume='{missing}'", "a=b,c"]  # only trainer.resume is read literally
+    assert literal_resume_argument(["train.py", "trainer.resume=auto", "+trainer.resume=x,y"]) == \
+        ["train.py", "trainer.resume=auto", "+trainer.resume='x,y'"]  # a run takes one value: not a sweep
+    assert literal_resume_argument(["train.py", "-m", "trainer.resume=x,y"])[-1] == "trainer.resume=x,y"  # a sweep
+    assert literal_resume_argument(["train.py", "-m", f"trainer.resume={job}"])[-1] == f"trainer.resume='{job}'"
+    assert literal_resume_argument(["train.py", "trainer.resume='a=b'"])[-1] == "trainer.resume='a=b'"  # quoted already

@@ -65,6 +65,37 @@ def resume_command(run_dir: Path) -> str:
     return " ".join(["python train.py", *(["-m"] if sweep_dir else []), *kept, where, "trainer.resume=auto"])
 
 
+RESUME_ARGUMENTS = ("trainer.resume=", "+trainer.resume=", "++trainer.resume=")
+
+
+def literal_resume_argument(argv: List[str]) -> List[str]:
+    """``argv`` with ``trainer.resume=<path>`` quoted for Hydra's override grammar where the path needs it,
+    as :func:`resume_command` prints it.
+
+    A sweep's job folder is named by its overrides (``init=xavier,model=tied``): typed unquoted, Hydra
+    stops at the ``=`` ("mismatched input '='") or reads the ``,`` as a sweep ("Ambiguous value"). A value
+    Hydra cannot read, or reads as a sweep where a run takes one value, is taken as the path it is. In a
+    sweep (``-m``) a comma-separated value stays a sweep unless it names an existing file or folder.
+    """
+    multirun = bool({"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(argv))
+    parser = None
+    out = []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if arg.startswith(RESUME_ARGUMENTS) and value:
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            parser = parser or OverridesParser.create()
+            try:
+                literal = parser.parse_override(arg).is_sweep_override() and (not multirun or Path(value).exists())
+            except Exception:  # Hydra's grammar cannot read it (an '=' in the value)
+                literal = True
+            if literal:
+                arg = f"{key}={quote_override_value(value)}"
+        out.append(arg)
+    return out
+
+
 def record_failure(run_dir: Path, error: BaseException) -> str:
     """Log ``error`` as one paragraph and write it to ``<run_dir>/failure.txt`` (not into a folder
     that holds another run: :class:`RunFolderTaken`)."""
