@@ -62,7 +62,7 @@ class InitRule:
     fn: str = MISSING  # a torch.nn.init function ("xavier_uniform_") or a dotted path
     params: str = "*"  # glob over parameter names (any alias matches)
     module: Optional[str] = None  # class name of the owning module, e.g. "Linear"
-    kind: str = "any"  # "weight", "bias" or "any": the parameter's attribute name
+    kind: str = "any"  # "weight", "bias" or "any": the word in its attribute name (initialization.kind_of)
     args: Dict[str, Any] = field(default_factory=dict)
 
 
