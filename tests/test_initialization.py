@@ -130,29 +130,27 @@ def test_kind_covers_pytorch_names():
     assert kind_of("0.cls_token") is None and kind_of("weights") is None
 
 
-def test_recurrent_scheme_reaches_every_cell_parameter(tmp_path):
-    """init=recurrent on model=rnn, through the CLI: every cell weight is N(0, init.std) or orthogonal x gain,
-    every bias 0, and the summary's Init column says which rule set each."""
-    from conftest import read_events, run_cli
+def test_recurrent_scheme_reaches_every_cell_parameter(make_cfg):
+    """init=recurrent on model=rnn (a GRU cell), set up as train.py sets it up: every cell weight is
+    N(0, init.std) or orthogonal x gain, every bias 0, and the summary's Init column says which rule set each."""
+    from experiments.experiment import build_experiment
+    from experiments.summary import summary_markdown
 
-    run_dir = tmp_path / "run"
-    result = run_cli(["model=rnn", "data=zipf_text", "data.vocab=40", "data.n_train=64", "data.n_val=16",
-                      "model.width=64", "model.cell=gru", "init=recurrent", "init.gain=2", "trainer.epochs=1",
-                      "telemetry=off", f"hydra.run.dir={run_dir}"], timeout=120)
-    assert result.returncode == 0, result.stderr
-    state = torch.load(run_dir / "weights_init.pt", weights_only=True)["state_dict"]
+    cfg = make_cfg(["model=rnn", "data=zipf_text", "data.vocab=40", "data.n_train=64", "data.n_val=16",
+                    "model.width=64", "model.cell=gru", "init=recurrent", "init.gain=2"])
+    exp = build_experiment(cfg)
+    state = exp.model.state_dict()
     w_ih = state["1.t0.weight_ih"]  # (3 x 64) x 64 numbers: the std within a few percent of 0.1
     assert abs(w_ih.std().item() - 0.1) < 0.005 and abs(w_ih.mean().item()) < 0.005
     for name in ("1.t0.bias_ih", "1.t0.bias_hh", "2.bias"):
         assert torch.count_nonzero(state[name]) == 0, name
     w_hh = state["1.t0.weight_hh"]  # (192, 64): orthonormal columns times the gain
     assert torch.allclose(w_hh.T @ w_hh, 4 * torch.eye(64), atol=1e-4)
-    summary = read_events(run_dir).Tensors("summary/text_summary")[0].tensor_proto.string_val[0].decode()
-    rows = {line.split(" | ")[0].strip("| "): line for line in summary.splitlines()}
+    rows = {line.split(" | ")[0].strip("| "): line for line in summary_markdown(exp.model, exp.init_rules).splitlines()}
     assert rows["1.t0.weight_ih"].endswith("| normal_(mean=0.0, std=0.1) |")
     assert rows["1.t0.bias_hh"].endswith("| zeros_() |")
     assert rows["1.t0.weight_hh"].endswith("| orthogonal_(gain=2.0) |")
-    assert "pytorch default" not in summary
+    assert not [line for line in rows.values() if "pytorch default" in line]
 
 
 def test_kind_rule_reports_parameters_of_no_kind(make_cfg, caplog):
