@@ -82,6 +82,14 @@ def test_rule_matching_nothing_is_an_error(make_cfg):
         init_model(make_cfg, "init=mixed", "init.rules.1.params=9.weight")
 
 
+def test_kind_rule_matching_no_parameter_of_its_kind_is_an_error(make_cfg):
+    cfg = make_cfg(["init=normal"])
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False))
+    with pytest.raises(ConfigError, match=r"init.rules\[1\] \(fn=zeros_, params='\*', module=None, kind=bias\) matches "
+                                          r"no parameter of kind bias; .* Parameters: 0.weight\."):
+        initialize(model, cfg.init)
+
+
 def test_unknown_function_is_named(make_cfg):
     with pytest.raises(ConfigError, match="xavier_unifrom_"):
         init_model(make_cfg, "init=xavier", "init.rules.0.fn=xavier_unifrom_")

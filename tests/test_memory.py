@@ -111,5 +111,21 @@ def test_meta_measurement_matches_the_real_model_and_leaves_the_rng_alone():
     assert footprint.widest == 4 * 48 * 4 and footprint.largest[0] == ("0.weight", (50, 16))
 
 
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. "
+                                   "DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes."),
+                                   torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB.")])
+def test_out_of_memory_errors_become_one_paragraph(error):
+    from experiments.errors import OutOfMemory
+    from experiments.memory import out_of_memory
+
+    with pytest.raises(OutOfMemory, match=r"^ran out of memory \(.*\)\. The run needs more memory than this machine "
+                                          r"gives it \(.* now"):
+        with out_of_memory():
+            raise error
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):  # any other error is left alone
+        with out_of_memory():
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+
 if sys.platform != "linux":  # pragma: no cover
     pytestmark = pytest.mark.skip("reads /proc")
