@@ -131,6 +131,9 @@ def check_model_memory(cfg: DictConfig, data: Dataset, sample: torch.Tensor, dev
               f"layer's output{widest}) and {size(evaluation)} for a validation pass over {eval_rows} examples"
               f"{f', plus {size(on_device)} of data' if device.type != 'cpu' else ''}")
     check_fits(need, f"model={cfg.model.name} with these sizes", keys, "Use smaller sizes.", device, detail)
+    if device.type != "cpu":  # it is built and initialized on the CPU, then moved
+        check_fits(footprint.parameters, f"model={cfg.model.name}'s parameters, built on the CPU first,", keys,
+                   "Use smaller sizes.")
     return footprint
 
 

@@ -151,11 +151,11 @@ def language(cfg: DictConfig, seed: int) -> ZipfLanguage:
     if cfg.successors > cfg.vocab:  # one coupling per likely successor: more than the tokens cannot be
         raise ConfigError(f"data.successors={cfg.successors}: more than the data.vocab={cfg.vocab} tokens; a token "
                           f"has at most {cfg.vocab} likely successors.")
-    need, what, keys = memory_needed(cfg)
-    check_fits(need, f"data=zipf_text: {what}", keys, "Use smaller values.")
     if not 0 <= cfg.structure <= 1:
         raise ConfigError(f"data.structure={cfg.structure}: a probability, between 0 (no structure: every "
                           f"token drawn from the unigram) and 1.")
+    need, what, keys = memory_needed(cfg)
+    check_fits(need, f"data=zipf_text: {what}", keys, "Use smaller values.")
     return ZipfLanguage(cfg.vocab, cfg.exponent, cfg.successors, cfg.structure, seed)
 
 
