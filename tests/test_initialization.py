@@ -119,7 +119,8 @@ def test_kind_covers_pytorch_names():
 
     from experiments.initialization import kind_of
 
-    net = torch.nn.ModuleDict({"cell": torch.nn.GRUCell(3, 4), "rnn": torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True),
+    net = torch.nn.ModuleDict({"cell": torch.nn.GRUCell(3, 4),
+                               "rnn": torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True),
                                "att": torch.nn.MultiheadAttention(4, 2, add_bias_kv=True),
                                "att2": torch.nn.MultiheadAttention(4, 2, kdim=3, vdim=3),
                                "norm": parametrizations.weight_norm(torch.nn.Linear(3, 4))})

@@ -83,7 +83,8 @@ def test_an_allocation_that_still_fails_is_one_paragraph(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "Traceback" not in output, output
     failure = (run_dir / "failure.txt").read_text()
-    assert failure.startswith("OutOfMemory: ran out of memory (") and "you tried to allocate 1200000000 bytes" in failure
+    assert failure.startswith("OutOfMemory: ran out of memory (")
+    assert "you tried to allocate 1200000000 bytes" in failure
     assert "this process may map at most 1.9 GiB (ulimit -v)" in failure and failure.count("\n") == 1
     assert (run_dir / "weights_init.pt").exists() and not (run_dir / "weights_final.pt").exists()
 

@@ -108,11 +108,13 @@ def initialize(model: nn.Module, cfg: DictConfig) -> Dict[str, str]:
         if not matched:
             raise ConfigError(
                 f"{where} (fn={rule.fn}, params={rule.params!r}, module={rule.module}, kind={rule.kind}) "
-                f"matches no parameter{'' if rule.kind == 'any' else ' of kind ' + rule.kind}; it is a typo. Parameters: {', '.join(params)}."
+                f"matches no parameter{'' if rule.kind == 'any' else ' of kind ' + rule.kind}; it is a typo. "
+                f"Parameters: {', '.join(params)}."
             )
     skipped = {name: rules for name, rules in kindless.items() if set_by[name] == "pytorch default"}
     if skipped:
         log.warning("init: %s keep PyTorch's initial values: their names say neither weight nor bias, so the "
                     "kind rules that select them otherwise skip them (%s); a rule with kind: any naming them "
-                    "initializes them", ", ".join(skipped), "; ".join(f"{n}: {', '.join(r)}" for n, r in skipped.items()))
+                    "initializes them", ", ".join(skipped),
+                    "; ".join(f"{n}: {', '.join(r)}" for n, r in skipped.items()))
     return set_by

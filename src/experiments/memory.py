@@ -57,15 +57,13 @@ def _cgroup_room() -> Optional[int]:
         _, controllers, where = line.split(":", 2)
         where = where.lstrip("/")
         if controllers == "":  # v2
-            candidates = [(root / where / "memory.max", root / where / "memory.current"),
-                          (root / "memory.max", root / "memory.current")]
+            base, limit_name, usage_name = root, "memory.max", "memory.current"
         elif "memory" in controllers.split(","):  # v1
-            candidates = [(root / "memory" / where / "memory.limit_in_bytes", root / "memory" / where / "memory.usage_in_bytes"),
-                          (root / "memory" / "memory.limit_in_bytes", root / "memory" / "memory.usage_in_bytes")]
+            base, limit_name, usage_name = root / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes"
         else:
             continue
-        for limit_file, usage_file in candidates:
-            limit, usage = _read_int(limit_file), _read_int(usage_file)
+        for folder in (base / where, base):  # the process's own group, or the one mounted at the root
+            limit, usage = _read_int(folder / limit_name), _read_int(folder / usage_name)
             if limit is not None and limit < UNLIMITED:
                 return max(0, limit - (usage or 0))
     return None
@@ -162,7 +160,8 @@ def measure_on_meta(build: Callable[[torch.Tensor], nn.Module], batch: torch.Ten
     named = sorted(((n, p) for n, p in model.named_parameters()), key=lambda item: -item[1].numel())
     nbytes = lambda p: p.numel() * p.element_size()  # noqa: E731
     outputs.sort(key=lambda item: -item[0])
-    return Footprint(parameters=sum(nbytes(p) for p in params), trainable=sum(nbytes(p) for p in params if p.requires_grad),
+    return Footprint(parameters=sum(nbytes(p) for p in params),
+                     trainable=sum(nbytes(p) for p in params if p.requires_grad),
                      numbers=sum(p.numel() for p in params), largest=[(n, tuple(p.shape)) for n, p in named[:3]],
                      batch_rows=len(batch), activations=sum(b for b, _ in outputs),
                      widest=outputs[0][0] if outputs else 0, shapes=[s for _, s in outputs[:3]])
@@ -193,6 +192,6 @@ def out_of_memory(device: Optional[torch.device] = None) -> Iterator[None]:
         limit = resource.getrlimit(resource.RLIMIT_AS)[0]  # ulimit -v: the process may not use what is free
         limited = "" if limit == resource.RLIM_INFINITY else f"; this process may map at most {size(limit)} (ulimit -v)"
         raise OutOfMemory(f"ran out of memory ({detail}). The run needs more memory than this machine gives it "
-                          f"({size(have)} {source} now{limited}). Use smaller sizes (model.width, model.hidden, model.depth, "
-                          f"data.batch_size, data.vocab, data.context, data.n_train), or a machine with more memory; "
-                          f"a run that has a checkpoint continues with trainer.resume=auto.") from None
+                          f"({size(have)} {source} now{limited}). Use smaller sizes (model.width, model.hidden, "
+                          f"model.depth, data.batch_size, data.vocab, data.context, data.n_train), or a machine with "
+                          f"more memory; a run that has a checkpoint continues with trainer.resume=auto.") from None
