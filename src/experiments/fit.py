@@ -126,10 +126,11 @@ def check_model_memory(cfg: DictConfig, data: Dataset, sample: torch.Tensor, dev
     largest = ", ".join(f"{name} {shape}" for name, shape in footprint.largest)
     widest = f"; the widest {footprint.shapes[0]}" if footprint.shapes else ""
     optimizer = f", {slots}x that for the optimizer state" if slots else ""
+    data_part = f", plus {size(on_device)} of data" if device.type != "cpu" else ""
     detail = (f" on {device}: {size(footprint.parameters)} of parameters ({footprint.numbers:,} numbers; the "
               f"largest {largest}), as much for their gradients{optimizer}, and the larger of {size(training)} of "
               f"activations for a training batch of {rows} (every layer's output{widest}) and {size(evaluation)} "
-              f"for a validation pass over {eval_rows} examples{f', plus {size(on_device)} of data' if device.type != 'cpu' else ''}")
+              f"for a validation pass over {eval_rows} examples{data_part}")
     check_fits(need, f"model={cfg.model.name} with these sizes", keys, "Use smaller sizes.", device, detail)
     if device.type != "cpu":  # it is built and initialized on the CPU, then moved
         check_fits(footprint.parameters, f"model={cfg.model.name}'s parameters, built on the CPU first,", keys,
