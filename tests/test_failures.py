@@ -115,3 +115,70 @@ def test_a_sweep_job_folder_typed_unquoted_after_trainer_resume_is_taken_as_the_
     assert literal_resume_argument(["train.py", "-m", "trainer.resume=x,y"])[-1] == "trainer.resume=x,y"  # a sweep
     assert literal_resume_argument(["train.py", "-m", f"trainer.resume={job}"])[-1] == f"trainer.resume='{job}'"
     assert literal_resume_argument(["train.py", "trainer.resume='a=b'"])[-1] == "trainer.resume='a=b'"  # quoted already
+SMALL_TOKENS = "data=zipf_text data.vocab=50 data.n_train=64 data.n_val=16"
+POINTED = {  # overrides -> the one paragraph in failure.txt: the real cause, named by its key
+    "init=recurrent model=rnn init.gain=nan": "ConfigError: init.gain=nan: not a finite number. No config key takes "
+                                              "NaN or an infinity",
+    "model=tied_lm {tokens} +model.grad_scale={{0.weight:inf}}": "ConfigError: model.grad_scale.0.weight=inf: not a "
+                                                                 "finite number.",
+    "{tokens} model=tied_lm data.exponent=nan": "ConfigError: data.exponent=nan: not a finite number.",
+    "model=tied_lm {tokens} model.out_features=7": "ConfigError: model=tied_lm does not fit data=zipf_text: its "
+        "Embedding 0 has 7 rows (model.out_features=7), but the data's token ids go up to",
+    "model=mlp data=digits model.out_features=3": "ConfigError: model=mlp does not fit data=digits: for a batch of 32 "
+        "it outputs (32, 3), and the data needs (32, 10) (10 per example, data.num_outputs: its classes). "
+        "model.out_features=3 sets the last layer's width",
+    "model=rnn data=digits": "ConfigError: model=rnn reads data.context (in model.layers[1].steps), which data=digits "
+                             "does not have: model=rnn needs data that has data.context (data=text, data=time_machine, "
+                             "data=zipf_text).",
+    "model=tied_lm data=digits": "ConfigError: model=tied_lm cannot take data=digits's input (a batch of (32, 64) "
+        "torch.float32): model=tied_lm starts with an Embedding, which reads token ids, and data=digits gives "
+        "torch.float32 features.",
+    "data=text model=tied_lm data.path={root}/folder": "ConfigError: data.path={root}/folder: a folder, not a file.",
+    "data=text model=tied_lm data.path={root}/fifo": "ConfigError: data.path={root}/fifo: a named pipe (FIFO), not a "
+                                                     "regular file",
+    "data=csv data.target=y data.path=/dev/zero": "ConfigError: data.path=/dev/zero: a character device, not a "
+                                                  "regular file",
+    "data=text model=tied_lm data.path={root}/dangling": "ConfigError: data.path={root}/dangling: a symbolic link to "
+                                                         "{root}/gone, which does not exist.",
+    "data=time_machine model=tied_lm data.root={root}/folder/file": "ConfigError: data.root={root}/folder/file: a "
+                                                                    "file, not a folder.",
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_paths(tmp_path_factory):
+    import os
+
+    root = tmp_path_factory.mktemp("paths")
+    (root / "folder").mkdir()
+    (root / "folder" / "file").write_text("text")
+    os.mkfifo(root / "fifo")  # opened for reading, it would wait for a writer for ever
+    (root / "dangling").symlink_to(root / "gone")
+    return root
+
+
+@pytest.mark.parametrize("overrides", list(POINTED))
+def test_messages_point_at_the_real_cause(tmp_path, hostile_paths, overrides):
+    """As train.py runs it: exit 1, one paragraph in failure.txt that names the key at fault and says what it is,
+    nothing else written, within seconds (a FIFO is not opened, so nothing waits)."""
+    from experiments.config import compose_config
+    from experiments.failures import run_and_report
+    from experiments.training import train
+
+    args = overrides.format(tokens=SMALL_TOKENS, root=hostile_paths).split()
+    run_dir, started = tmp_path / "run", time.perf_counter()
+    with pytest.raises(SystemExit) as exited:
+        run_and_report(train, compose_config(args), run_dir, {}, multirun=False)
+    assert exited.value.code == 1 and time.perf_counter() - started < 10
+    failure = (run_dir / "failure.txt").read_text()
+    assert failure.startswith(POINTED[overrides].format(root=hostile_paths)), failure
+    assert failure.count("\n") == 1 and "diverged" not in failure and "model=tied_lm or model=rnn" not in failure
+    assert [p.name for p in run_dir.iterdir()] == ["failure.txt"]
+
+
+def test_a_fifo_as_data_path_does_not_hang_the_cli(hostile_paths, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(["data=text", "model=tied_lm", f"data.path={hostile_paths}/fifo", f"hydra.run.dir={run_dir}"],
+                     timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "a named pipe (FIFO), not a regular file" in (run_dir / "failure.txt").read_text()

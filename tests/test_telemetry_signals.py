@@ -59,3 +59,31 @@ def test_every_builtin_signal_has_its_config_field():
     fields = set(OmegaConf.structured(telemetry_schema())) - {"enabled"}
     assert fields == set(SIGNALS) >= {"loss", "param_norm", "grad_norm", "tied", "activations", "update_ratio",
                                       "histograms"}
+
+
+@pytest.mark.parametrize("layers", [2, 10])  # 4 tensors: fused norms; 20 tensors: the flat copy
+def test_update_ratio_of_an_all_zero_parameter_is_nan(tmp_path, layers):
+    import math
+
+    from torch import nn
+
+    from experiments.telemetry.monitor import Monitor
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(3, 3) for _ in range(layers)])
+    nn.init.zeros_(model[0].bias)
+    cfg = OmegaConf.structured(telemetry_schema())
+    cfg.update_ratio.every = 1
+    monitor = Monitor(tmp_path, model, cfg)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    monitor.before_forward(1)
+    model(torch.randn(8, 3)).pow(2).mean().backward()
+    monitor.after_backward(1)
+    optimizer.step()
+    written = monitor.after_step(1, 0.0)
+    monitor.close()
+    assert math.isnan(written["update_ratio/0.bias"]) and model[0].bias.abs().sum() > 0  # it moved; from nothing
+    expected = ((model[0].weight.detach() - before["0.weight"]).norm() / before["0.weight"].norm()).item()
+    assert written["update_ratio/0.weight"] == pytest.approx(expected, rel=1e-5)
+    assert math.isnan(read_events(tmp_path).Scalars("update_ratio/0.bias")[0].value)

@@ -44,3 +44,28 @@ def test_tampered_use_gradient_fails_loudly(make_cfg, tmp_path):
     with pytest.raises(TieGradientMismatch, match="'1.weight' \\(1.weight, 3.weight\\)"):
         monitor.after_step(1, loss.item())
     monitor.close()
+
+
+def test_undefined_statistics_are_nan_in_the_event_file_and_the_run_goes_on(tmp_path):
+    """The rnn's first time step multiplies the hidden state 0, so its weight_hh use has an exactly zero gradient:
+    its cosine is NaN on disk (not 0); init=recurrent zeroes the biases, so their step-1 update ratio is NaN (not
+    ~1e29). Neither is a divergence: the run finishes, exit 0, no failure.txt."""
+    import math
+
+    from conftest import read_events, run_cli
+
+    run_dir = tmp_path / "run"
+    result = run_cli(["model=rnn", "data=zipf_text", "data.vocab=30", "data.n_train=96", "data.n_val=32",
+                      "data.batch_size=32", "init=recurrent", "trainer.epochs=1", "telemetry.tied.every=1",
+                      "telemetry.update_ratio.every=1", f"hydra.run.dir={run_dir}"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert not (run_dir / "failure.txt").exists()
+    acc = read_events(run_dir)
+    use = "tied/1.t0.weight_hh/use/1.t0.weight_hh"
+    assert [e.step for e in acc.Scalars(f"{use}/cos")] == [1, 2, 3]
+    assert all(math.isnan(e.value) for e in acc.Scalars(f"{use}/cos"))
+    assert all(e.value == 0 for e in acc.Scalars(f"{use}/grad_norm"))
+    later = acc.Scalars("tied/1.t0.weight_hh/use/1.t7.weight_hh/cos")  # a use with a gradient: a real cosine
+    assert all(-1 <= e.value <= 1 for e in later)
+    bias, weight = acc.Scalars("update_ratio/1.t0.bias_ih"), acc.Scalars("update_ratio/1.t0.weight_ih")
+    assert math.isnan(bias[0].value) and 0 < bias[1].value < 10 and 0 < weight[0].value < 1

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, ListConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from .cli_help import register_help_resolver
 from .data import DataConfig
@@ -62,7 +64,7 @@ class InitRule:
     fn: str = MISSING  # a torch.nn.init function ("xavier_uniform_") or a dotted path
     params: str = "*"  # glob over parameter names (any alias matches)
     module: Optional[str] = None  # class name of the owning module, e.g. "Linear"
-    kind: str = "any"  # "weight", "bias" or "any": the parameter's attribute name
+    kind: str = "any"  # "weight", "bias" or "any": the word in its attribute name (initialization.kind_of)
     args: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -142,6 +144,37 @@ def check_optimizer(cfg: DictConfig) -> None:
         betas = list(cfg.betas)
         if len(betas) != 2 or not all(finite(b) and 0 <= b < 1 for b in betas):
             raise ConfigError(f"optim.betas={betas}: two numbers in [0, 1), e.g. [0.9, 0.999].")
+
+
+def non_finite_values(node: Any, where: str = "") -> Iterator[Tuple[str, float]]:
+    """``(key, value)`` of every number in ``node`` (a config, any depth) that is NaN or infinite. A value
+    that cannot be resolved yet (an interpolation of a missing key, ``???``) is skipped: the code that
+    reads it names it."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+        for key in keys:
+            here = f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key)
+            try:
+                if node._get_node(key)._is_interpolation():  # its source is checked where it is set
+                    continue
+                value = node[key]
+            except OmegaConfBaseException:
+                continue
+            yield from non_finite_values(value, here)
+    elif isinstance(node, float) and not math.isfinite(node):
+        yield where, node
+
+
+def check_finite(cfg: DictConfig) -> None:
+    """Every number in the config is finite: a NaN or an infinity would otherwise be trained with and show
+    up later as a divergence (``init.gain=nan``, ``model.grad_scale`` of ``inf``) or a wrong message. No key
+    accepts one; the error names the key."""
+    bad = [(key, value) for group in cfg if group != "hydra" for key, value in non_finite_values(cfg[group], group)]
+    if bad:
+        listed = ", ".join(f"{key}={value}" for key, value in bad)
+        raise ConfigError(f"{listed}: not a finite number. No config key takes NaN or an infinity (training "
+                          f"with one fails later, as a divergence or a message that points elsewhere): give a "
+                          f"finite number.")
 
 
 def telemetry_schema() -> type:

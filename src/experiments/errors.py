@@ -62,6 +62,11 @@ class RunFolderTaken(ExperimentError):
     written into it, not even ``failure.txt`` (that would mark the other run failed)."""
 
 
+class OutOfMemory(ExperimentError):
+    """An allocation failed although the sizes passed the estimate made before (``memory.py``); the message
+    gives torch's own words and what is free."""
+
+
 class StorageError(ExperimentError):
     """A folder that cannot be written: the disk is full, the folder is read-only or not ours.
     The message names the folder."""

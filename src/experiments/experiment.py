@@ -10,8 +10,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from .config import check_finite
 from .data import Dataset, load_data
 from .errors import ConfigError
+from .fit import check_model_memory, check_outputs, input_mismatch
 from .initialization import initialize
 from .models import build_model, materialize
 from .tying import TieManifest, apply_param_ties, matching, parameter_aliases, tie_manifest, untie, verify_ties
@@ -47,6 +49,14 @@ def freeze(model: nn.Module, patterns) -> None:
                           f"scripts/inspect_params.py instead.")
 
 
+def _built(cfg: DictConfig, batch: torch.Tensor) -> nn.Module:
+    """The model as :func:`build_experiment` builds it, materialized on ``batch`` and tied (not initialized)."""
+    model = build_model(cfg.model)
+    materialize(model, batch)
+    apply_param_ties(model, cfg.model.tie)
+    return model
+
+
 @dataclass
 class Experiment:
     model: nn.Module
@@ -61,20 +71,20 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     apply parameter ties, initialize, then move to the device and check the ties held.
     Same seed, same model and data. With ``model.tie_embeddings=false`` the ties of ``model.tie``
     are undone after initialization: the untied twin starts with the tied model's values."""
+    check_finite(cfg)  # a NaN or an infinity anywhere in the config, named before anything is built
     device = resolve_device(cfg.trainer.device)
     torch.manual_seed(cfg.trainer.seed)
-    data = load_data(cfg.data, cfg.trainer.seed)
+    data = load_data(cfg.data, cfg.trainer.seed)  # each source checks its sizes against the memory first
     if cfg.data.num_outputs is None:  # "from the data": the model's last layer interpolates this
         cfg.data.num_outputs = data.num_outputs
-    model = build_model(cfg.model)
     sample = data.sample_batch()
+    check_model_memory(cfg, data, sample, device, lambda batch: _built(cfg, batch))  # on the meta device
+    model = build_model(cfg.model)
     try:
-        materialize(model, sample)
+        output = materialize(model, sample)
     except (RuntimeError, TypeError, ValueError, IndexError) as e:
-        hint = (" Token ids need a model that starts with an Embedding: model=tied_lm or model=rnn."
-                if not sample.is_floating_point() else "")
-        raise ConfigError(f"model={cfg.model.name} cannot take data={cfg.data.name}'s input (a batch of "
-                          f"{tuple(sample.shape)} {sample.dtype}): {e}.{hint}") from None
+        raise ConfigError(input_mismatch(cfg, model, data, sample, e)) from None
+    check_outputs(cfg, data, output, len(sample))
     apply_param_ties(model, cfg.model.tie)
     init_rules = initialize(model, cfg.init)  # on the CPU: the same initial values on every device
     if not cfg.model.tie_embeddings:

@@ -2,15 +2,25 @@
 
 A rule matches a parameter when its ``params`` glob matches any of the parameter's
 names (aliases included), its ``module`` names the class of the module that owns it,
-and its ``kind`` is the parameter's attribute name (``weight``/``bias``) or ``any``.
+and its ``kind`` is the parameter's kind (:func:`kind_of`) or ``any``.
 Every matching rule runs, in order, so a later rule overrides an earlier one. A tied
 parameter is initialized once. Lazy layers must be materialized first.
+
+A parameter's kind comes from its attribute name split at ``_``: a name with the word ``bias``
+is a bias, else one with the word ``weight`` is a weight, so PyTorch's own names are covered
+(``weight``; ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` of ``RNNCell``/``GRUCell``/
+``LSTMCell``; ``weight_ih_l0``, ``bias_hh_l1_reverse`` of ``RNN``/``GRU``/``LSTM``; ``in_proj_weight``,
+``in_proj_bias``, ``bias_k`` of ``MultiheadAttention``; a parametrization's
+``parametrizations.weight.original`` is a weight). A name with neither word (``cls_token``) has
+no kind: only ``kind: any`` selects it, and a rule with a kind that skips such a parameter its
+other selectors pick says so in the log.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List
+import re
+from typing import Callable, Dict, List, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -30,6 +40,19 @@ def d2l_custom_(tensor: torch.Tensor, low: float = -10.0, high: float = 10.0, th
         nn.init.uniform_(tensor, low, high)
         tensor.mul_(tensor.abs() >= threshold)
     return tensor
+
+
+KINDS = ("weight", "bias", "any")
+_PARAMETRIZED = re.compile(r"(?:^|\.)parametrizations\.([^.]+)\.original\d*$")
+
+
+def kind_of(name: str) -> Optional[str]:
+    """``"bias"``, ``"weight"`` or None for a parameter name (any dotted path): see the module docstring."""
+    parametrized = _PARAMETRIZED.search(name)
+    words = (parametrized.group(1) if parametrized else name.rpartition(".")[2]).split("_")
+    if "bias" in words:
+        return "bias"
+    return "weight" if "weight" in words else None
 
 
 def _init_function(path: str, where: str) -> Callable:
@@ -58,18 +81,21 @@ def initialize(model: nn.Module, cfg: DictConfig) -> Dict[str, str]:
     aliases = parameter_aliases(model)
     owners = _owners(model)
     set_by = {name: "pytorch default" for name in params}
+    kindless: Dict[str, List[str]] = {}  # a parameter of no kind -> the kind rules whose other selectors picked it
     for i, rule in enumerate(cfg.rules):
         where = f"init.rules[{i}]"
         fn = _init_function(rule.fn, f"{where}.fn")
         args = OmegaConf.to_container(rule.args, resolve=True)
-        if rule.kind not in ("weight", "bias", "any"):
+        if rule.kind not in KINDS:
             raise ConfigError(f"{where}.kind={rule.kind!r}: must be 'weight', 'bias' or 'any'.")
         matched: List[str] = []
         for name in matching(aliases, rule.params):
             p = params[name]
-            if rule.kind != "any" and name.rpartition(".")[2] != rule.kind:
-                continue
             if rule.module is not None and type(owners[name]).__name__ != rule.module.rpartition(".")[2]:
+                continue
+            if rule.kind != "any" and kind_of(name) != rule.kind:
+                if kind_of(name) is None:
+                    kindless.setdefault(name, []).append(f"{where} (kind={rule.kind})")
                 continue
             matched.append(name)
             with torch.no_grad():
@@ -82,6 +108,13 @@ def initialize(model: nn.Module, cfg: DictConfig) -> Dict[str, str]:
         if not matched:
             raise ConfigError(
                 f"{where} (fn={rule.fn}, params={rule.params!r}, module={rule.module}, kind={rule.kind}) "
-                f"matches no parameter; it is a typo. Parameters: {', '.join(params)}."
+                f"matches no parameter{'' if rule.kind == 'any' else ' of kind ' + rule.kind}; it is a typo. "
+                f"Parameters: {', '.join(params)}."
             )
+    skipped = {name: rules for name, rules in kindless.items() if set_by[name] == "pytorch default"}
+    if skipped:
+        log.warning("init: %s keep PyTorch's initial values: their names say neither weight nor bias, so the "
+                    "kind rules that select them otherwise skip them (%s); a rule with kind: any naming them "
+                    "initializes them", ", ".join(skipped),
+                    "; ".join(f"{n}: {', '.join(r)}" for n, r in skipped.items()))
     return set_by

@@ -115,9 +115,9 @@ def build_model(cfg: DictConfig) -> nn.Sequential:
 
 
 @torch.no_grad()
-def materialize(model: nn.Module, sample: torch.Tensor) -> None:
-    """Run one forward pass so lazy layers learn their input sizes."""
-    model(sample)
+def materialize(model: nn.Module, sample: torch.Tensor):
+    """Run one forward pass so lazy layers learn their input sizes; returns its output."""
+    return model(sample)
 
 
 def has_uninitialized(model: nn.Module) -> bool:

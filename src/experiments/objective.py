@@ -37,8 +37,11 @@ def loss_function(task: str):
     return F.cross_entropy if task in CLASSES else F.mse_loss
 
 
+EVAL_CHUNK = 4096  # validation examples per forward pass
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, chunk: int = 4096) -> Dict[str, float]:
+def evaluate(model: nn.Module, data: Dataset, chunk: int = EVAL_CHUNK) -> Dict[str, float]:
     """Mean loss over the validation set; accuracy for classes; perplexity for next tokens."""
     loss_fn = loss_function(data.task)
     total = torch.zeros((), device=data.val_x.device)

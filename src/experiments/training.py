@@ -25,6 +25,7 @@ from .config import check_optimizer, check_trainer
 from .errors import ConfigError, Diverged, Interrupted
 from .experiment import build_experiment
 from .guards import DivergenceGuard, InterruptGuard, check_validation
+from .memory import out_of_memory
 from .objective import CLASSES, evaluate, loss_function, make_optimizer
 from .progress import Progress
 from .resume import Change, check_changes, config_changes, describe, restore_hydra_config, set_hyperparameters
@@ -257,7 +258,8 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
     folder). Returns the final validation loss, the number a sweeper minimises.
     """
     resume_if_requeued(cfg)  # a Slurm job requeued at its time limit continues from its checkpoint
-    with storage_errors(run_dir):  # a full disk or a read-only folder: one paragraph naming it
+    # a full disk or a read-only folder, an allocation that fails: one paragraph naming it
+    with storage_errors(run_dir), out_of_memory():
         run = Run(cfg, run_dir, choices)
         try:
             with InterruptGuard() as interrupt:

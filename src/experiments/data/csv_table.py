@@ -24,6 +24,7 @@ from omegaconf import MISSING, DictConfig
 
 from ..errors import ConfigError, DataError
 from .dataset import DataConfig, Dataset, split, standardize
+from .files import regular_file
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,7 @@ def _class_indices(values: List[str]) -> List[int]:
 
 
 def load(cfg: DictConfig, seed: int) -> Dataset:
-    path = Path(cfg.path)
-    if not path.is_file():
-        raise ConfigError(f"data.path={cfg.path}: no such file.")
+    path = regular_file(Path(cfg.path), "data.path", cfg.path, "data=csv reads one CSV file: give its path.")
     header, rows = _read(path)
     if not header:
         raise DataError(f"data.path={cfg.path}: the file is empty; it needs a header row naming the columns.")

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from ..errors import ConfigError, DataError
 from .dataset import DataConfig, Dataset
 from .download import fetch
+from .files import folder_if_there, regular_file
 
 BASE_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 FILES = {  # the official files and their MD5 sums (as torchvision and the dataset's authors list them)
@@ -95,9 +96,12 @@ def check_pair(images: np.ndarray, labels: np.ndarray, names: Tuple[str, str], r
 
 
 def load(cfg: DictConfig, seed: int) -> Dataset:
-    root = Path(cfg.root)
+    root = folder_if_there(Path(cfg.root), "data.root")
     if not cfg.download_timeout > 0:
         raise ConfigError(f"data.download_timeout={cfg.download_timeout}: seconds, more than 0.")
+    for name in FILES:  # before anything reads them: a named pipe would hang the checksum
+        if (root / name).exists() or (root / name).is_symlink():
+            regular_file(root / name, "data.root", f"{cfg.root} ({root / name})", "Put the IDX file itself there.")
     if cfg.download:
         download(root, cfg.url, deadline=cfg.download_timeout)
     missing = [name for name in FILES if not (root / name).exists()]

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..errors import ConfigError
+from ..memory import check_fits
 from .dataset import DataConfig, Dataset
 
 
@@ -29,9 +30,11 @@ class Config(DataConfig):
 def load(cfg: DictConfig, seed: int) -> Dataset:
     if cfg.noise < 0:
         raise ConfigError(f"data.noise={cfg.noise}: a noise level cannot be negative.")
+    n = cfg.n_train + cfg.n_val
+    check_fits(n * (len(cfg.true_w) + 1) * 4, f"data=synthetic: {n:,} rows of {len(cfg.true_w)} features and a "
+               f"target", f"data.n_train={cfg.n_train}, data.n_val={cfg.n_val}", "Use fewer rows.")
     gen = torch.Generator().manual_seed(seed)
     w = torch.tensor(list(cfg.true_w), dtype=torch.float32)
-    n = cfg.n_train + cfg.n_val
     x = torch.normal(0.0, 1.0, (n, len(w)), generator=gen)
     y = x @ w + cfg.true_b + cfg.noise * torch.normal(0.0, 1.0, (n,), generator=gen)
     y = y.reshape(-1, 1)

@@ -25,6 +25,7 @@ from omegaconf import MISSING, DictConfig
 
 from ..errors import ConfigError, DataError
 from .dataset import Dataset
+from .files import regular_file
 from .windows import TokenConfig, check_context, windows
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,6 @@ def token_dataset(text: str, cfg: DictConfig, where: str) -> Tuple[Dataset, List
 
 def load(cfg: DictConfig, seed: int) -> Dataset:
     check_keys(cfg)
-    path = Path(cfg.path)
-    if not path.is_file():
-        raise ConfigError(f"data.path={cfg.path}: no such file.")
+    path = regular_file(Path(cfg.path), "data.path", cfg.path, "data=text reads one UTF-8 text file: give its path.")
     where = f"data.path={path}"
     return token_dataset(read_text(path, where), cfg, where)[0]

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from ..errors import DataError
 from .dataset import Dataset
 from .download import checksum, fetch
+from .files import folder_if_there, regular_file
 from .text import TextConfig, check_keys, read_text, token_dataset
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,13 @@ def download(root: Path, url: Optional[str] = None, sha1: Optional[str] = None) 
 
 def load(cfg: DictConfig, seed: int) -> Dataset:
     check_keys(cfg)
-    root = Path(cfg.root)
+    root = folder_if_there(Path(cfg.root), "data.root")
     path = root / FILE
+    if path.exists() or path.is_symlink():  # before anything reads it: a named pipe would hang the checksum
+        regular_file(path, "data.root", f"{cfg.root} ({path})", f"Put the book's {FILE} itself there.")
     if cfg.download:
         download(root, DATA_URL + FILE, SHA1)
-    elif not path.is_file():
+    elif not path.exists():
         raise DataError(f"data.root={cfg.root}: no {FILE} there. Add data.download=true to fetch it from the "
                         f"book's data server ({DATA_URL + FILE}, SHA-1 checked), or copy it into data.root.")
     elif checksum(path, "sha1") != SHA1:

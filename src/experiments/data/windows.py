@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..errors import ConfigError, DataError
+from ..memory import check_fits
 from .dataset import DataConfig
 
 
@@ -38,6 +39,9 @@ def windows(stream: torch.Tensor, context: int, where: str) -> Tuple[torch.Tenso
     """Every window of ``context`` tokens of ``stream`` with the token after it. ``where`` names the
     stream in the error raised when it is too short for one window and its target."""
     check_context(context)
+    count = len(stream) - context
+    check_fits(count * context * stream.element_size(), f"{where}: {count:,} windows of {context:,} tokens",
+               f"data.context={context}", "Use a smaller data.context.")
     if len(stream) < context + 1:
         raise DataError(f"{where} has {len(stream)} tokens, fewer than one window of data.context={context} "
                         f"tokens plus the token to predict ({context + 1}). Use a longer text or a smaller "

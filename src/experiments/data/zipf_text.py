@@ -23,12 +23,14 @@ import bisect
 import logging
 import math
 from dataclasses import dataclass
+from typing import Tuple
 
 import torch
 from omegaconf import DictConfig
 from torch.special import xlogy
 
 from ..errors import ConfigError
+from ..memory import check_fits
 from .dataset import Dataset
 from .windows import TokenConfig, check_context, windows
 
@@ -116,6 +118,27 @@ class ZipfLanguage:
         return torch.tensor(tokens, dtype=torch.int64)
 
 
+# Lower bounds of the bytes each phase of load() takes, measured at data.vocab=200000 (table: 315 bytes per
+# successor x token at its peak, of which rows, cols and probs keep 48; sampling: 85 bytes per token).
+TABLE_PEAK, TABLE_KEPT, SAMPLE, TOKEN = 100, 48, 40, 8
+
+
+def memory_needed(cfg: DictConfig) -> Tuple[int, str, str]:
+    """The most memory a phase of :func:`load` needs (a lower bound), what it is, and the keys that size it."""
+    table = cfg.successors * cfg.vocab
+    n = cfg.n_train + cfg.n_val + 2 * cfg.context  # the text's tokens
+    phases = [
+        (TABLE_PEAK * table, f"the language's successor table ({cfg.successors} couplings of {cfg.vocab:,} tokens)",
+         f"data.vocab={cfg.vocab}, data.successors={cfg.successors}"),
+        (TABLE_KEPT * table + SAMPLE * n, f"sampling its text of {n:,} tokens",
+         f"data.n_train={cfg.n_train}, data.n_val={cfg.n_val}, data.context={cfg.context}"),
+        (TABLE_KEPT * table + TOKEN * (cfg.n_train + cfg.n_val) * cfg.context + 2 * TOKEN * n,
+         f"its {cfg.n_train + cfg.n_val:,} windows of {cfg.context:,} tokens",
+         f"data.context={cfg.context}, data.n_train={cfg.n_train}, data.n_val={cfg.n_val}"),
+    ]
+    return max(phases)
+
+
 def language(cfg: DictConfig, seed: int) -> ZipfLanguage:
     """The generator ``cfg`` (the ``data`` node) describes, after checking its keys."""
     if cfg.vocab < 2:
@@ -125,9 +148,14 @@ def language(cfg: DictConfig, seed: int) -> ZipfLanguage:
                           f"frequencies, about 1 is natural language).")
     if cfg.successors < 1:
         raise ConfigError(f"data.successors={cfg.successors}: every token needs at least 1 successor.")
+    if cfg.successors > cfg.vocab:  # one coupling per likely successor: more than the tokens cannot be
+        raise ConfigError(f"data.successors={cfg.successors}: more than the data.vocab={cfg.vocab} tokens; a token "
+                          f"has at most {cfg.vocab} likely successors.")
     if not 0 <= cfg.structure <= 1:
         raise ConfigError(f"data.structure={cfg.structure}: a probability, between 0 (no structure: every "
                           f"token drawn from the unigram) and 1.")
+    need, what, keys = memory_needed(cfg)
+    check_fits(need, f"data=zipf_text: {what}", keys, "Use smaller values.")
     return ZipfLanguage(cfg.vocab, cfg.exponent, cfg.successors, cfg.structure, seed)
 
 

@@ -231,8 +231,14 @@ class GradNorm(Signal):
                           torch.cat([norms, torch.linalg.vector_norm(norms).reshape(1)]))
 
 
+def ratio_or_nan(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """``numerator / denominator``, NaN where the denominator is 0 (a ratio to nothing is undefined)."""
+    return torch.where(denominator > 0, numerator / denominator, torch.nan)
+
+
 class UpdateRatio(Signal):
-    """``update_ratio/<param>``: ||w_after - w_before|| / ||w_before|| of one optimizer step."""
+    """``update_ratio/<param>``: ||w_after - w_before|| / ||w_before|| of one optimizer step; NaN for a
+    parameter that was all zeros before the step (a zero-initialized bias at step 1): undefined."""
 
     name, points = "update_ratio", 25
 
@@ -250,10 +256,10 @@ class UpdateRatio(Signal):
     def after_step(self, step, record) -> None:
         if self.flat.flat:
             delta = self.flat.cat() - self._before
-            ratios = self.flat.segment_norms(delta) / self.flat.segment_norms(self._before).clamp_min(1e-30)
+            ratios = ratio_or_nan(self.flat.segment_norms(delta), self.flat.segment_norms(self._before))
         else:
             deltas = torch._foreach_sub([p.detach() for p in self.flat.tensors], self._before)
-            ratios = fused_norms(deltas) / fused_norms(self._before).clamp_min(1e-30)
+            ratios = ratio_or_nan(fused_norms(deltas), fused_norms(self._before))
         record.extend(self.tags, ratios)
         self._before = None
 

@@ -32,15 +32,20 @@ def use_statistics(name: str, param: nn.Parameter, uses: Dict[str, torch.Tensor]
     ||sum of uses|| / sum of ||use|| (1 when the uses agree, near 0 when they cancel); with
     ``rows``, ``rows_touched`` is the fraction of rows (first dimension) a use's gradient is
     non-zero in: an embedding's input use touches only the batch's tokens.
+
+    A cosine with a zero vector (a use whose gradient is exactly zero, e.g. an unrolled RNN's first
+    step reading a hidden state of 0; or a summed gradient of zero) and the cancellation of uses
+    that are all zero are undefined: they are NaN (0/0), which TensorBoard leaves out of its charts,
+    not a number that looks measured.
     """
     aliases = list(uses)
     stacked = torch.stack([uses[a].reshape(-1) for a in aliases]).float()
     total = param.grad.reshape(-1).float()
     norms = torch.linalg.vector_norm(stacked, dim=1)
     total_norm = torch.linalg.vector_norm(total)
-    cos = (stacked @ total) / (norms * total_norm).clamp_min(1e-30)
+    cos = (stacked @ total) / norms / total_norm  # one norm at a time: no underflow of their product; 0/0 is NaN
     summed, norm_sum = stacked.sum(0), norms.sum()
-    cancellation = torch.linalg.vector_norm(summed) / norm_sum.clamp_min(1e-30)
+    cancellation = torch.linalg.vector_norm(summed) / norm_sum
     error = torch.linalg.vector_norm(summed - total)
     tolerance = 1e-5 * stacked.shape[0] * (norm_sum + 1e-12)
     names = [tags.use_stat(name, a, "grad_norm") for a in aliases] + [tags.use_stat(name, a, "cos") for a in aliases]
