@@ -22,7 +22,7 @@ LAYERS = [  # bottom first; names relative to the package, globs allowed
     ["experiment", "config", "cli_help"],  # an experiment set up from its config
     ["training"],  # the loop
     ["failures", "sweeps", "report", "report_figures", "inspection", "benchmark", "benchmark_lightning"],  # what runs or reads runs
-    ["hydra_plugins.experiments_launcher*"],  # the Slurm launcher Hydra loads (src/hydra_plugins/)
+    ["hydra_plugins.experiments_launcher*"],  # the launchers Hydra loads (src/hydra_plugins/): Slurm, and joblib and submitit_local that stop cleanly
 ]
 
 
