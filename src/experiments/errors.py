@@ -70,3 +70,9 @@ class OutOfMemory(ExperimentError):
 class StorageError(ExperimentError):
     """A folder that cannot be written: the disk is full, the folder is read-only or not ours.
     The message names the folder."""
+
+
+class UnreadableFile(ExperimentError):
+    """A file of a run folder that is not read: not a regular file (a FIFO, a device), a symbolic link out of
+    the folder, larger than a reader takes, a YAML file whose aliases would expand it without bound, or
+    damaged. The message names the file and why, in one line."""

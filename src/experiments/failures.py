@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
 from hydra.types import RunMode
-from omegaconf import OmegaConf
 
 from .errors import ExperimentError, Interrupted, RunFolderTaken
+from .run_files import load_yaml
 from .runs import FAILURE_FILE
 from .slurm import is_requeue_signal, requeue_or_fail
 from .sweeps import quote_override_value
@@ -44,7 +44,7 @@ def _original_overrides(hydra_cfg: Any) -> Tuple[List[str], List[str], Optional[
     if not sweep_dir.is_absolute():
         sweep_dir = Path(hydra_cfg.runtime.cwd) / sweep_dir
     try:
-        overrides = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides
+        overrides = load_yaml(sweep_dir / "multirun.yaml").hydra.overrides
         return list(overrides.task), list(overrides.hydra), sweep_dir
     except Exception:  # no multirun.yaml: this job's own overrides, still a sweep
         return list(hydra_cfg.overrides.task), list(hydra_cfg.overrides.hydra), sweep_dir

@@ -100,11 +100,35 @@ def check_validation(step: int, metrics: Mapping[str, float], names: List[str], 
     )
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_held: Optional[int] = None  # a stop signal that came before training began (see hold_interrupts)
+
+
+def _remember(signum, frame) -> None:
+    global _held
+    if _held is not None:  # a second one: stop at once
+        raise KeyboardInterrupt
+    _held = signum
+
+
+def hold_interrupts() -> None:
+    """From now on, a SIGTERM or SIGINT that comes while no :class:`InterruptGuard` is active is
+    remembered instead of ending the process (or, in a submitit job, being ignored); the next guard
+    takes it over, so its training loop stops at its first step with a checkpoint. For the process
+    of a sweep job: the sweep forwards its stop to each running job, which may still be setting up.
+    Call it once per job, before the job starts (it forgets an earlier job's signal)."""
+    global _held
+    _held = None
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _remember)
+
+
 class InterruptGuard:
     """Turns SIGTERM and SIGINT into a flag the training loop checks after each step (in a Slurm job
-    also submitit's time-limit signal: ``slurm.py``)."""
+    also submitit's time-limit signal: ``slurm.py``); one that came earlier, held by
+    :func:`hold_interrupts`, sets the flag at once."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
@@ -121,6 +145,9 @@ class InterruptGuard:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. some launchers): no handler
                 pass
+        global _held
+        if _held is not None and self.SIGNALS[0] in self._previous:  # a stop that came during set-up
+            self.signum, _held = _held, None
         return self
 
     def __exit__(self, *exc) -> None:

@@ -4,7 +4,8 @@ TensorBoard's own reader.
     python scripts/report.py outputs/multirun/2026-11-22/10-54-38   # a sweep
     python scripts/report.py outputs/2026-11-22/10-30-00.412345-tied-xavier   # one run
 
-writes ``report.md``, ``report.csv`` and PNG figures (see ``report_figures``) into that folder.
+writes ``report.md``, ``report.csv`` and PNG figures (see ``report_figures``) into that folder, or
+another one (``--out``; a folder that cannot be written is one paragraph naming it and ``--out``).
 A row has the job's overrides, its status (``ok``; ``failed``: it left a ``failure.txt``;
 ``incomplete``: neither finished nor failed, e.g. killed or still running), steps, wall time,
 the final train and validation loss (and accuracy), and for each tied parameter its final norm
@@ -23,6 +24,9 @@ from typing import Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
+from .errors import StorageError, UnreadableFile
+from .run_files import load_yaml, write_replacing
+from .run_folder import WRITE_ERRORS
 from .runs import Job, expected_jobs, load_jobs, varying_overrides
 from .telemetry import tags
 
@@ -80,8 +84,13 @@ def optuna_results(root: Path) -> Optional[str]:
     path = Path(root) / "optimization_results.yaml"
     if not path.exists():
         return None
-    results = OmegaConf.to_container(OmegaConf.load(path))
-    params = ", ".join(f"`{k}={v}`" for k, v in results.get("best_params", {}).items())
+    try:
+        results = OmegaConf.to_container(load_yaml(path, root), resolve=False)
+        params = ", ".join(f"`{k}={v}`" for k, v in results.get("best_params", {}).items())
+    except UnreadableFile as e:
+        return f"Optuna's results are not shown: {path.name} is not read: {e.reason}."
+    except Exception as e:  # not Optuna's file
+        return f"Optuna's results are not shown: {path.name} cannot be read ({type(e).__name__})."
     return f"Optuna's best trial: {params} with value {results.get('best_value')} (from {path.name})."
 
 
@@ -116,10 +125,25 @@ class Report:
     incomplete: List[str]  # jobs that neither finished nor failed (killed, or still running)
 
 
-def write_report(folder: Path, figures: bool = True) -> Report:
-    """Write ``report.md``, ``report.csv`` and the figures into ``folder``; return what was written."""
+def write_report(folder: Path, figures: bool = True, out: Optional[Path] = None) -> Report:
+    """Write ``report.md``, ``report.csv`` and the figures into ``out`` (by default ``folder``); return
+    what was written. A folder that cannot be written is a :class:`StorageError` naming it."""
     root = Path(folder)
     jobs = load_jobs(root)
+    out = Path(out) if out is not None else root
+    try:
+        return _write(root, jobs, figures, out)
+    except OSError as e:
+        if e.errno not in WRITE_ERRORS:
+            raise
+        other = ("choose another folder for it with --out <folder> (python scripts/report.py "
+                 f"{root} --out <folder>)" if out == root else "choose another --out folder")
+        raise StorageError(f"cannot write the report into {out}: {WRITE_ERRORS[e.errno]}. Make the folder "
+                           f"writable, or {other}.") from None
+
+
+def _write(root: Path, jobs: List[Job], figures: bool, out: Path) -> Report:
+    out.mkdir(parents=True, exist_ok=True)
     columns, table = rows(jobs)
     md_table = markdown_table(columns, table)
     parts = [f"# Report: {root.name}", "", summary(root, jobs), "", md_table]
@@ -130,17 +154,17 @@ def write_report(folder: Path, figures: bool = True) -> Report:
     if missing:
         parts[2] += f"\n{len(missing)} job(s) of the sweep never started (it was stopped): {', '.join(missing)}."
         parts += ["", "## Jobs that never started", ""] + [f"- `{name}`" for name in missing]
-    files = [root / "report.csv"]
-    (root / "report.csv").write_text(csv_text(columns, table))
+    files = [out / "report.csv"]
+    write_replacing(out / "report.csv", csv_text(columns, table).encode())
     if figures:
         from .report_figures import draw_figures
 
-        pngs = draw_figures(root, jobs)
+        pngs = draw_figures(out, jobs)
         files += pngs
         if pngs:
             parts += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in pngs]
-    (root / "report.md").write_text("\n".join(parts) + "\n")
-    files.insert(0, root / "report.md")
+    write_replacing(out / "report.md", ("\n".join(parts) + "\n").encode())
+    files.insert(0, out / "report.md")
     log.info("wrote %s", ", ".join(str(p) for p in files))
     return Report(root, md_table, "\n".join(parts) + "\n", files, [j.name for j in failed], missing,
                   [j.name for j in jobs if j.status == "incomplete"])

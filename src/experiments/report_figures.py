@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Dict, List
 
+from .run_files import write_replacing
 from .runs import Job, varying_overrides
 from .telemetry import tags
 
@@ -65,7 +67,9 @@ def _log_scale_if_positive(ax, values) -> None:
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=90)
+    write_replacing(path, png.getvalue())  # not through a link that has the name
     return path
 
 

@@ -3,8 +3,10 @@
 A run folder holds Hydra's ``.hydra/`` (config, overrides), the TensorBoard event files,
 ``weights_init.pt`` and ``weights_final.pt``, ``checkpoints/`` and, if it failed,
 ``failure.txt``. A sweep folder holds one run folder per job, named by the job's overrides.
-The report, its figures and inspection read runs through this module; nothing here imports
-torch (curves are read with TensorBoard's own reader).
+The report, its figures, a sweep's summary and inspection read runs through this module, as data that
+may be hostile: files through ``run_files`` (regular files only, bounded, no YAML alias bombs), event
+files through ``event_records`` (bounded records); a job whose files cannot be read is a failed job
+whose reason says which file and why, in one line. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -13,23 +15,22 @@ import hashlib
 import math
 import os
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, UnreadableFile
+from .event_records import EVENTS, Curve, read_run_events
+from .run_files import load_yaml, open_regular, read_text
 from .telemetry import tags
 
 FAILURE_FILE = "failure.txt"
 WEIGHTS_INIT, WEIGHTS_FINAL = "weights_init.pt", "weights_final.pt"
 CHECKPOINT_DIR, LAST = "checkpoints", "last.pt"
-EVENTS = "events.out.tfevents."
 MAX_NAME = 200  # bytes of a job folder's name; file systems allow 255
 
-Curve = List[Tuple[int, float, float]]  # (step, wall time, value)
 FAILED_AT = re.compile(r"\b(?:at|by) step (\d+)\b")  # the step a failure message names
 
 
@@ -76,10 +77,12 @@ def checkpoint_dir(run_dir: Path) -> Path:
 def saved_config(run_dir: Path) -> DictConfig:
     """The config a run was started with (``.hydra/config.yaml``)."""
     path = Path(run_dir) / ".hydra" / "config.yaml"
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"run={run_dir}: not a run folder (no .hydra/config.yaml).")
     try:
-        cfg = OmegaConf.load(path)
+        cfg = load_yaml(path, run_dir)
+    except UnreadableFile as e:
+        raise ConfigError(f"run={run_dir}: {e}.") from None
     except Exception as e:  # YAML syntax, bad encoding: the file is damaged
         raise ConfigError(f"run={run_dir}: {path} cannot be read ({type(e).__name__}: {' '.join(str(e).split())}).") \
             from None
@@ -93,7 +96,12 @@ def weights_path(run_dir: Path, weights: str = "final") -> Path:
     run_dir = Path(run_dir)
     candidates = {"final": run_dir / WEIGHTS_FINAL, "init": run_dir / WEIGHTS_INIT}
     path = candidates.get(weights) or checkpoint_dir(run_dir) / f"{weights.removesuffix('.pt')}.pt"
-    if not path.is_file() and Path(weights).is_file():
+    if path.exists() or path.is_symlink():  # the run folder's own file: a regular one, inside the folder
+        try:
+            open_regular(path, run_dir).close()
+        except (UnreadableFile, FileNotFoundError) as e:
+            raise CheckpointError(f"{e}.") from None
+    elif Path(weights).is_file():  # a file the user names
         path = Path(weights)
     if not path.is_file():
         have = sorted(p.name for p in [*candidates.values(), *checkpoint_dir(run_dir).glob("*.pt")] if p.is_file())
@@ -158,92 +166,78 @@ def find_runs(root: Path) -> List[Path]:
     return runs
 
 
-def read_curves(folder: Path) -> Tuple[Dict[str, Curve], float]:
-    """Every scalar curve of a run, read with TensorBoard's EventAccumulator, and when it started."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    sizes = {"scalars": 0, "histograms": 1, "tensors": 1, "images": 1, "audio": 1, "compressedHistograms": 1}
-    acc = EventAccumulator(str(folder), size_guidance=sizes)
-    acc.Reload()
-    curves = {tag: [(e.step, e.wall_time, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-    try:
-        started = acc.FirstEventTimestamp()
-    except ValueError:  # no events at all
-        started = math.nan
-    return curves, started
+MAX_FAILURE_BYTES = 64 * 2**10  # of failure.txt: one paragraph
 
 
-def _masked_crc32c(data: bytes) -> Optional[int]:
-    """The record format's checksum, in C (None without google-crc32c: only lengths are checked)."""
-    try:
-        import google_crc32c
-    except ImportError:
-        return None
-    x = google_crc32c.value(bytes(data))
-    return (((x >> 15) | ((x << 17) & 0xFFFFFFFF)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def event_file_problem(path: Path) -> Optional[str]:
-    """Why an event file cannot be read to its end, or None. TensorBoard's reader stops silently at
-    the first damaged record (a live file may end in a partial one), so the curves would just end."""
-    data = Path(path).read_bytes()
-    position = 0
-    while position < len(data):
-        header, checksum = data[position:position + 8], data[position + 8:position + 12]
-        if len(checksum) < 4:
-            return f"it ends in the middle of a record (byte {position} of {len(data)})"
-        expected = _masked_crc32c(header)
-        if expected is not None and struct.unpack("<I", checksum)[0] != expected:
-            return f"the record at byte {position} of {len(data)} is damaged (its checksum does not match)"
-        end = position + 12 + struct.unpack("<Q", header)[0] + 4
-        if end > len(data):
-            return f"it ends in the middle of a record (byte {position} of {len(data)})"
-        expected = _masked_crc32c(data[position + 12:end - 4])
-        if expected is not None and struct.unpack("<I", data[end - 4:end])[0] != expected:
-            return f"the record at byte {position} of {len(data)} is damaged (its checksum does not match)"
-        position = end
-    return None
-
-
-def status_of(folder: Path) -> Tuple[str, str]:
+def status_of(folder: Path, root: Optional[Path] = None) -> Tuple[str, str]:
     failure, final = folder / FAILURE_FILE, folder / WEIGHTS_FINAL
     if failure.exists() and (not final.exists() or failure.stat().st_mtime >= final.stat().st_mtime):
-        return "failed", " ".join(failure.read_text().split())
+        try:
+            return "failed", " ".join(read_text(failure, root or folder, MAX_FAILURE_BYTES, cut=True).split())
+        except UnreadableFile as e:
+            return "failed", f"its {FAILURE_FILE} is not read: {e.reason}."
     return ("ok", "") if final.exists() else ("incomplete", "")
 
 
+def _read_settings(job: Job, root: Path) -> None:
+    """The job's overrides and group choices from ``.hydra/`` (read as they are: nothing resolved)."""
+    hydra_dir = job.path / ".hydra"
+    if (hydra_dir / "overrides.yaml").exists():
+        overrides = OmegaConf.to_container(load_yaml(hydra_dir / "overrides.yaml", root), resolve=False)
+        job.overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
+    if (hydra_dir / "hydra.yaml").exists():
+        saved = OmegaConf.to_container(load_yaml(hydra_dir / "hydra.yaml", root), resolve=False)
+        choices = saved.get("hydra", {}).get("runtime", {}).get("choices", {}) if isinstance(saved, dict) else {}
+        job.choices = {str(k): str(v) for k, v in choices.items() if not str(k).startswith("hydra")}
+
+
 def load_job(folder: Path, root: Path) -> Job:
+    """The run in ``folder``. A file that cannot be read makes it a failed job, the reason naming the file."""
     name = str(folder.relative_to(root)) if folder != root else folder.name
     job = Job(path=folder, name=name)
-    hydra_dir = folder / ".hydra"
-    if (hydra_dir / "overrides.yaml").exists():
-        job.overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
-    if (hydra_dir / "hydra.yaml").exists():
-        choices = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
-        job.choices = {str(k): str(v) for k, v in choices.items() if not str(k).startswith("hydra")}
-    job.status, job.reason = status_of(folder)
-    events = sorted(p for p in folder.iterdir() if p.name.startswith(EVENTS))
-    if events:
-        job.curves, job.started = read_curves(folder)
-    for path in events:
-        problem = event_file_problem(path)
-        if problem and (job.status == "ok" or "damaged" in problem):  # a killed run may end in a partial record
-            job.status = "failed"
-            job.reason = f"its event file {path.name} cannot be read to the end: {problem}; the curves stop there. " \
-                         + job.reason
+    job.status, job.reason = status_of(folder, root)
+    problems = []
+    try:
+        _read_settings(job, root)
+    except UnreadableFile as e:
+        shown = e.path.relative_to(folder) if e.path.is_relative_to(folder) else e.path
+        problems.append(f"its {shown} is not read: {e.reason}")
+    except Exception as e:  # YAML that is not a run's (syntax, types): the job's settings are unknown
+        problems.append(f"its .hydra/ files cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]})")
+    events = read_run_events(folder, root)
+    job.curves, job.started = events.curves, events.started
+    for problem in events.problems:
+        if problem.partial and job.status != "ok":  # a killed run may end in a partial record
+            continue
+        problems.append(problem.text + ("; the curves stop there" if "cannot be read to the end" in problem.text
+                                        or problem.partial else ""))
+    if problems:
+        job.status = "failed"
+        job.reason = " ".join(filter(None, [". ".join(problems) + ".", job.reason]))
     return job
+
+
+MAX_EXPECTED_JOBS = 100_000  # a multirun.yaml that claims more jobs is not expanded
 
 
 def expected_jobs(sweep_dir: Path) -> Optional[List[str]]:
     """The job folders a sweep of Hydra's basic sweeper was to make, from its ``multirun.yaml`` (None
-    when that cannot be known: no such file, another sweeper, job folders named otherwise)."""
+    when that cannot be known: no such file, another sweeper, job folders named otherwise, a file that
+    cannot be read or claims more than :data:`MAX_EXPECTED_JOBS` jobs)."""
     path = Path(sweep_dir) / "multirun.yaml"
-    if not path.is_file():
+    if not path.exists():
         return None
+    try:
+        return _job_names(load_yaml(path, sweep_dir).hydra)
+    except Exception:  # damaged, refused, or a sweep syntax that needs the config to expand (glob)
+        return None
+
+
+def _job_names(hydra: DictConfig) -> Optional[List[str]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, RangeSweep
 
-    hydra = OmegaConf.load(path).hydra
     subdir = OmegaConf.to_container(hydra.sweep, resolve=False).get("subdir")
     if not str(hydra.sweeper.get("_target_", "")).endswith("BasicSweeper") or \
             subdir != "${job_dirname:${hydra.job.override_dirname}}":
@@ -252,10 +246,17 @@ def expected_jobs(sweep_dir: Path) -> Optional[List[str]]:
     parser = OverridesParser.create()
     # what BasicSweeper sweeps: its ``params`` (e.g. from an experiment preset), then the command line's
     arguments = [f"{k}={v}" for k, v in (hydra.sweeper.get("params") or {}).items()] + list(hydra.overrides.task)
-    try:
-        grid = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)[0]
-    except Exception:  # a sweep syntax that needs the config to expand (glob): not predicted
+    overrides = parser.parse_overrides(arguments)
+    count = 1
+    for override in overrides:  # the grid's size before it is expanded
+        value = override.value()
+        if isinstance(value, RangeSweep):
+            count *= max(0, math.ceil((value.stop - value.start) / value.step)) if value.step else 0
+        elif isinstance(value, ChoiceSweep):
+            count *= len(value.list)
+    if count > MAX_EXPECTED_JOBS:
         return None
+    grid = BasicSweeper.split_arguments(overrides, None)[0]
     names = []
     for job in grid:
         lines = sorted(o.input_line for o in parser.parse_overrides(job) if o.key_or_group not in naming.exclude_keys)

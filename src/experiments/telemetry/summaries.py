@@ -23,10 +23,12 @@ def swept_keys(sweep_dir: Path) -> Optional[Set[str]]:
     (``init=normal,xavier``, ``range(3)``, ...) and an Optuna search's parameters. None if unknown."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from ..run_files import load_yaml
+
     path = Path(sweep_dir) / "multirun.yaml"
     if not path.is_file():
         return None
-    saved = OmegaConf.load(path)
+    saved = load_yaml(path)
     overrides = OverridesParser.create().parse_overrides(list(saved.hydra.overrides.task))
     swept = {o.key_or_group for o in overrides if o.is_sweep_override()}
     params = OmegaConf.select(saved, "hydra.sweeper.params") or {}

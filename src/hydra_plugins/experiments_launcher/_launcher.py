@@ -26,15 +26,15 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from ._preflight import check_request
 from ._queue import TERMINAL, QueueError, progress_line, read_queue, stuck_reason
+from ._resume import job_dir_and_resume_command
 
 log = logging.getLogger(__name__)
 
@@ -225,19 +225,7 @@ class ClusterLauncher(SlurmLauncher):
 
     def job_dir_and_resume_command(self, overrides: List[str], idx: int) -> Tuple[Path, str]:
         """The job's folder and the command that resumes it, from the job's config as the job composes it."""
-        from experiments.failures import resume_command
-
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        with open_dict(config.hydra.job):
-            config.hydra.job.num = idx
-        hydra = HydraConfig.instance()
-        saved = hydra.cfg
-        hydra.set_config(config)
-        try:
-            job_dir = Path(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir))
-            return job_dir, resume_command(job_dir)
-        finally:
-            hydra.cfg = saved
+        return job_dir_and_resume_command(self, overrides, idx)
 
 
 def record_lost_job(job_dir: Path, message: str, job_id: str, state: str, submitted: float) -> None:
