@@ -10,10 +10,12 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from .config import check_known_keys
 from .data import Dataset, load_data
 from .errors import ConfigError
 from .initialization import initialize
-from .models import build_model, materialize
+from .models import build_model, check_model_config, materialize
+from .outputs import check_output
 from .tying import TieManifest, apply_param_ties, matching, parameter_aliases, tie_manifest, untie, verify_ties
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     apply parameter ties, initialize, then move to the device and check the ties held.
     Same seed, same model and data. With ``model.tie_embeddings=false`` the ties of ``model.tie``
     are undone after initialization: the untied twin starts with the tied model's values."""
+    check_known_keys(cfg)
+    check_model_config(cfg.model)
     device = resolve_device(cfg.trainer.device)
     torch.manual_seed(cfg.trainer.seed)
     data = load_data(cfg.data, cfg.trainer.seed)
@@ -69,12 +73,14 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     model = build_model(cfg.model)
     sample = data.sample_batch()
     try:
-        materialize(model, sample)
+        output = materialize(model, sample)
     except (RuntimeError, TypeError, ValueError, IndexError) as e:
-        hint = (" Token ids need a model that starts with an Embedding: model=tied_lm or model=rnn."
+        hint = (" Token ids need a model that starts with an Embedding: model=tied_lm, model=rnn, model=hf_gpt2."
                 if not sample.is_floating_point() else "")
         raise ConfigError(f"model={cfg.model.name} cannot take data={cfg.data.name}'s input (a batch of "
                           f"{tuple(sample.shape)} {sample.dtype}): {e}.{hint}") from None
+    check_output(output, sample, data.train_y[: len(sample)], data.task, data.num_outputs,
+                 f"model={cfg.model.name} on data={cfg.data.name}")
     apply_param_ties(model, cfg.model.tie)
     init_rules = initialize(model, cfg.init)  # on the CPU: the same initial values on every device
     if not cfg.model.tie_embeddings:

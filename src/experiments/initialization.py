@@ -2,7 +2,8 @@
 
 A rule matches a parameter when its ``params`` glob matches any of the parameter's
 names (aliases included), its ``module`` names the class of the module that owns it,
-and its ``kind`` is the parameter's attribute name (``weight``/``bias``) or ``any``.
+its ``kind`` is the parameter's attribute name (``weight``/``bias``) or ``any``, and the
+parameter has at least ``min_ndim`` dimensions.
 Every matching rule runs, in order, so a later rule overrides an earlier one. A tied
 parameter is initialized once. Lazy layers must be materialized first.
 """
@@ -71,6 +72,8 @@ def initialize(model: nn.Module, cfg: DictConfig) -> Dict[str, str]:
                 continue
             if rule.module is not None and type(owners[name]).__name__ != rule.module.rpartition(".")[2]:
                 continue
+            if p.dim() < rule.get("min_ndim", 0):
+                continue
             matched.append(name)
             with torch.no_grad():
                 try:
@@ -82,6 +85,7 @@ def initialize(model: nn.Module, cfg: DictConfig) -> Dict[str, str]:
         if not matched:
             raise ConfigError(
                 f"{where} (fn={rule.fn}, params={rule.params!r}, module={rule.module}, kind={rule.kind}) "
-                f"matches no parameter; it is a typo. Parameters: {', '.join(params)}."
+                f"matches no parameter: a typo, or a scheme written for another model. Parameters: "
+                f"{', '.join(params)}."
             )
     return set_by

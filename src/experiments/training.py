@@ -26,6 +26,7 @@ from .errors import ConfigError, Diverged, Interrupted
 from .experiment import build_experiment
 from .guards import DivergenceGuard, InterruptGuard, check_validation
 from .objective import CLASSES, evaluate, loss_function, make_optimizer
+from .outputs import predictions
 from .progress import Progress
 from .resume import Change, check_changes, config_changes, describe, restore_hydra_config, set_hyperparameters
 from .run_folder import RunLock, discard_events, refuse_previous_run, remove_temporaries, storage_errors
@@ -195,7 +196,7 @@ class Run:
         logs = bool(self.monitor.due(step))
         if logs:
             self.monitor.before_forward(step)
-        out = self.model(x)
+        out = predictions(self.model(x), self.data.task)  # the logits the task scores (outputs.py)
         loss = self.loss_fn(out, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
