@@ -65,7 +65,8 @@ def test_inspecting_the_run_needs_transformers_allowed(hf_run):
     model, run = hf_run
     refused = run_cli([f"run={run}"], script="scripts/inspect_params.py")
     assert refused.returncode == 1 and "refused to run 'transformers." in refused.stderr
-    allowed = run_cli([f"run={run}", "allow_targets=transformers.*", "compare=init"], script="scripts/inspect_params.py")
+    allowed = run_cli([f"run={run}", "allow_targets=transformers.*", "compare=init"],
+                      script="scripts/inspect_params.py")
     assert allowed.returncode == 0, allowed.stderr
     embed, head, frozen = MODELS[model][:3]
     row = next(line for line in allowed.stdout.splitlines() if line.startswith(f"{embed} "))

@@ -42,8 +42,9 @@ class OwnKeys:
 
 
 OWN_KEYS = tuple(f.name for f in dataclasses.fields(OwnKeys))
-OWN_KEY_TYPES = {"name": "a string", "tie": "a list of groups of parameter names, e.g. [[embed.weight,head.weight]]",
-                 "tie_embeddings": "true or false", "grad_scale": "a mapping of uses to factors, e.g. {head.weight: 0.5}"}
+OWN_KEY_TYPES = {"name": "a string", "tie_embeddings": "true or false",
+                 "tie": "a list of groups of parameter names, e.g. [[embed.weight,head.weight]]",
+                 "grad_scale": "a mapping of uses to factors, e.g. {head.weight: 0.5}"}
 
 
 def target_model_defaults() -> Dict[str, Any]:
@@ -74,8 +75,8 @@ def complete(cfg: DictConfig) -> None:
             try:
                 checked[key] = value
             except OmegaConfBaseException:
-                raise ConfigError(f"model.{key}={OmegaConf.to_yaml(value).strip() if OmegaConf.is_config(value) else value!r}"
-                                  f": must be {OWN_KEY_TYPES[key]}.") from None
+                shown = OmegaConf.to_yaml(value).strip() if OmegaConf.is_config(value) else repr(value)
+                raise ConfigError(f"model.{key}={shown}: must be {OWN_KEY_TYPES[key]}.") from None
     with open_dict(cfg):
         for key in OWN_KEYS:
             if key not in cfg.keys():
