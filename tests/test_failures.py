@@ -26,6 +26,13 @@ CASES = {  # overrides -> text the message must contain
     "trainer.resume=/nonexistent/run": "trainer.resume=/nonexistent/run",
     "telemetry.loss.every=0": "telemetry.loss.every=0",
     "data=zipf_text data.n_train=200 data.n_val=50": "Token ids need a model that starts with an Embedding",
+    "+model._target_=torch.nn.Identity": "model._target_: this model is a list of layers",  # not silently the mlp
+    "+trainer.epoch=3": "trainer.epoch: TrainerConfig has no key 'epoch'",
+    "model=custom model._target_=torch.nn.Embedding +model.num_embeddings=1000 +model.embedding_dim=4 data=zipf_text "
+    "data.n_train=200 data.n_val=50": "the model's output has shape (64, 8, 4) for a batch of 64, which the next_token "
+                                      "task cannot score",  # an output the task cannot use: not a traceback at step 1
+    "model=custom model._target_=torch.zeros +model._args_=[3]": "model._target_=torch.zeros returned a torch.Tensor, "
+                                                                 "not a torch.nn.Module",
     'trainer.freeze=["*"]': "trainer.freeze=['*']: freezes every parameter",
     "data=csv": "data=csv needs data.path, data.target",
     "data=csv data.path={root}/latin1.csv data.target=y": "not UTF-8 text (byte 0xe9 in row 2",

@@ -86,7 +86,7 @@ def test_kind_rule_matching_no_parameter_of_its_kind_is_an_error(make_cfg):
     cfg = make_cfg(["init=normal"])
     model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False))
     with pytest.raises(ConfigError, match=r"init.rules\[1\] \(fn=zeros_, params='\*', module=None, kind=bias\) matches "
-                                          r"no parameter of kind bias; .* Parameters: 0.weight\."):
+                                          r"no parameter of kind bias: .* Parameters: 0.weight\."):
         initialize(model, cfg.init)
 
 

@@ -16,9 +16,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS = [  # bottom first; names relative to the package, globs allowed
     ["experiments", "errors", "targets", "telemetry", "telemetry.tags"],  # vocabulary: no logic to depend on
-    ["tying", "uses", "layers", "objective", "models", "initialization", "summary", "data", "data.*", "runs", "checkpoints",
-     "checkpoint_checks", "guards", "progress", "run_folder", "resume", "slurm", "memory", "run_files",
-     "event_records"],  # parts
+    ["tying", "uses", "layers", "outputs", "objective", "target_models", "models", "initialization", "summary", "data",
+     "data.*", "runs", "checkpoints", "checkpoint_checks", "guards", "progress", "run_folder", "resume", "slurm", "memory",
+     "run_files", "event_records"],  # parts
     ["telemetry.*"],  # watching a model train
     ["experiment", "config", "cli_help", "fit"],  # an experiment set up from its config
     ["training"],  # the loop

@@ -8,6 +8,11 @@ key in the message. Two groups take their schemas from the code they configure:
 - ``data``: each source module of ``experiments.data`` carries its ``Config`` (found here by
   :func:`data_schemas`), stored as ``schema/data/<name>``;
 - ``telemetry``: one field per registered signal (:func:`telemetry_schema`).
+
+A ``_target_`` model (``conf/model/custom.yaml``, ``hf_gpt2.yaml``) names ``schema/target_model``: not a
+dataclass but a plain mapping of the keys every model has, so that its other keys, the callable's
+arguments, are free (``target_models.complete`` checks the types of ours). A key that a dataclass
+schema lacks is an error (:func:`check_known_keys`), also when ``+key=...`` added it.
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .cli_help import register_help_resolver
 from .data import DataConfig
 from .errors import ConfigError
 from .runs import register_resolvers
+from .target_models import target_model_defaults
 from .telemetry.monitor import SIGNALS
 from .telemetry.signals import SignalConfig
 
@@ -65,6 +71,7 @@ class InitRule:
     params: str = "*"  # glob over parameter names (any alias matches)
     module: Optional[str] = None  # class name of the owning module, e.g. "Linear"
     kind: str = "any"  # "weight", "bias" or "any": the word in its attribute name (initialization.kind_of)
+    min_ndim: int = 0  # only parameters with at least this many dimensions (2: matrices, not LayerNorm's gains)
     args: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -177,6 +184,47 @@ def check_finite(cfg: DictConfig) -> None:
                           f"finite number.")
 
 
+GROUPS_WITH_ARGUMENTS = ("optim",)  # extra keys are the optimizer's arguments: +optim.nesterov=true
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """A key that a group's schema does not have is an error, not a setting nothing reads: Hydra lets
+    ``+model._target_=mypkg.Net`` add a key to the layer-list model ``mlp``, which would then train
+    the default layers silently. Nodes without a schema take any key (a data loader or a ``_target_``
+    model of the user's own), and so does ``optim`` (its extra keys are the optimizer's arguments)."""
+    for group in cfg.keys():
+        if group not in GROUPS_WITH_ARGUMENTS:
+            _check_node(cfg._get_node(group), str(group))
+
+
+def _check_node(node: Any, where: str) -> None:
+    if isinstance(node, ListConfig):
+        for i in range(len(node)):
+            _check_node(node._get_node(i), f"{where}[{i}]")
+    if not isinstance(node, DictConfig) or node._is_missing() or node._is_none():
+        return
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        known = [f.name for f in dataclasses.fields(schema)]
+        for key in node.keys():
+            if key not in known:
+                raise ConfigError(_unknown_key_message(f"{where}.{key}", schema, known, "layers" in known))
+    for key in node.keys():
+        _check_node(node._get_node(key), f"{where}.{key}")
+
+
+def _unknown_key_message(key: str, schema: type, known: Sequence[str], layer_list: bool) -> str:
+    if key == "model._target_" and layer_list:
+        return ("model._target_: this model is a list of layers (its YAML names /schema/model), which has no "
+                "_target_; the override would be ignored and the YAML's layers would train. For a model of your "
+                "own class choose the custom model: python train.py model=custom model._target_=mypkg.TinyLM "
+                "+model.vocab=64 (the other +model.<key> are its arguments), or a YAML of your own whose "
+                "_target_ names it.")
+    return (f"{key}: {schema.__name__} has no key '{key.rpartition('.')[2]}', so nothing would read it (the "
+            f"override would be ignored). Its keys: {', '.join(known)}. Check the spelling (a key that exists "
+            f"is set without '+').")
+
+
 def telemetry_schema() -> type:
     """``telemetry``: a master switch and one :class:`SignalConfig` per registered signal, with
     that signal's default cadence. Each signal logs at step 1, then every ``every`` steps."""
@@ -208,6 +256,7 @@ def register_configs() -> None:
     for path, node in schemas.items():
         group, _, name = f"schema/{path}".rpartition("/")
         cs.store(group=group, name=name, node=node)
+    cs.store(group="schema", name="target_model", node=target_model_defaults())  # a dict: any other key goes
     register_resolvers()
     register_help_resolver()
 

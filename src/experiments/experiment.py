@@ -10,12 +10,13 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from .config import check_finite
+from .config import check_finite, check_known_keys
 from .data import Dataset, load_data
 from .errors import ConfigError
 from .fit import check_model_memory, check_outputs, input_mismatch
 from .initialization import initialize
-from .models import build_model, materialize
+from .models import build_model, check_model_config, materialize
+from .outputs import check_output
 from .tying import TieManifest, apply_param_ties, matching, parameter_aliases, tie_manifest, untie, verify_ties
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,9 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     apply parameter ties, initialize, then move to the device and check the ties held.
     Same seed, same model and data. With ``model.tie_embeddings=false`` the ties of ``model.tie``
     are undone after initialization: the untied twin starts with the tied model's values."""
+    check_known_keys(cfg)  # a key no schema has (+model._target_ on a layer-list model) is not ignored
     check_finite(cfg)  # a NaN or an infinity anywhere in the config, named before anything is built
+    check_model_config(cfg.model)
     device = resolve_device(cfg.trainer.device)
     torch.manual_seed(cfg.trainer.seed)
     data = load_data(cfg.data, cfg.trainer.seed)  # each source checks its sizes against the memory first
@@ -84,7 +87,10 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         output = materialize(model, sample)
     except (RuntimeError, TypeError, ValueError, IndexError) as e:
         raise ConfigError(input_mismatch(cfg, model, data, sample, e)) from None
-    check_outputs(cfg, data, output, len(sample))
+    if "layers" in cfg.model:  # our layer-list models: the width from model.out_features, named
+        check_outputs(cfg, data, output, len(sample))
+    check_output(output, sample, data.train_y[: len(sample)], data.task, data.num_outputs,
+                 f"model={cfg.model.name} on data={cfg.data.name}")
     apply_param_ties(model, cfg.model.tie)
     init_rules = initialize(model, cfg.init)  # on the CPU: the same initial values on every device
     if not cfg.model.tie_embeddings:

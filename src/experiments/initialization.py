@@ -2,7 +2,8 @@
 
 A rule matches a parameter when its ``params`` glob matches any of the parameter's
 names (aliases included), its ``module`` names the class of the module that owns it,
-and its ``kind`` is the parameter's kind (:func:`kind_of`) or ``any``.
+and its ``kind`` is the parameter's kind (:func:`kind_of`) or ``any``, and the parameter has at
+least ``min_ndim`` dimensions.
 Every matching rule runs, in order, so a later rule overrides an earlier one. A tied
 parameter is initialized once. Lazy layers must be materialized first.
 
@@ -97,6 +98,8 @@ def initialize(model: nn.Module, cfg: DictConfig) -> Dict[str, str]:
                 if kind_of(name) is None:
                     kindless.setdefault(name, []).append(f"{where} (kind={rule.kind})")
                 continue
+            if p.dim() < rule.get("min_ndim", 0):
+                continue
             matched.append(name)
             with torch.no_grad():
                 try:
@@ -108,8 +111,8 @@ def initialize(model: nn.Module, cfg: DictConfig) -> Dict[str, str]:
         if not matched:
             raise ConfigError(
                 f"{where} (fn={rule.fn}, params={rule.params!r}, module={rule.module}, kind={rule.kind}) "
-                f"matches no parameter{'' if rule.kind == 'any' else ' of kind ' + rule.kind}; it is a typo. "
-                f"Parameters: {', '.join(params)}."
+                f"matches no parameter{'' if rule.kind == 'any' else ' of kind ' + rule.kind}: a typo, or a scheme "
+                f"written for another model. Parameters: {', '.join(params)}."
             )
     skipped = {name: rules for name, rules in kindless.items() if set_by[name] == "pytorch default"}
     if skipped:

@@ -14,6 +14,9 @@ list whose items are one of:
   ``name: "block {i}"`` the copies become one ``Sequential`` child holding N named
   ``Sequential`` blocks (the seed's ``rgnet``).
 - ``{sequential: [...]}``: one nested ``Sequential`` child.
+
+A model config with a ``_target_`` instead of ``layers`` is one call of any callable that returns a
+module (a class of the user's own, a Hugging Face model): see ``target_models.py``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .errors import ConfigError
+from .target_models import build_target_model, complete, is_target_model
 from .targets import resolve
 
 # The argument that carries the input size, for classes that have a Lazy twin.
@@ -104,19 +108,34 @@ class _Builder:
         return [group]
 
 
-def build_model(cfg: DictConfig) -> nn.Sequential:
-    """Build the (possibly lazy) network that ``cfg`` (the ``model`` node) declares."""
-    for key in ("width", "depth", "blocks", "bottleneck", "uses", "hidden", "out_features"):
+def check_model_config(cfg: DictConfig) -> None:
+    """What the schema cannot say about ``cfg`` (the ``model`` node), before the data is loaded: a
+    layer list's sizes (but ``out_features``, which may come from the data); a ``_target_`` model's
+    own keys (completed with their defaults)."""
+    if is_target_model(cfg):
+        complete(cfg)
+        return
+    for key in ("width", "depth", "blocks", "bottleneck", "uses", "hidden"):
         if cfg[key] < 1:
             raise ConfigError(f"model.{key}={cfg[key]}: must be at least 1.")
+
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    """Build the (possibly lazy) network that ``cfg`` (the ``model`` node) declares: a ``Sequential``
+    of its layers, or what its ``_target_`` returns."""
+    check_model_config(cfg)
+    if is_target_model(cfg):
+        return build_target_model(cfg)
+    if cfg.out_features < 1:  # (from the data, known once it is loaded)
+        raise ConfigError(f"model.out_features={cfg.out_features}: must be at least 1.")
     plain = OmegaConf.to_container(cfg, resolve=True)
     builder = _Builder(plain["lazy"], plain["shared"] or {})
     return nn.Sequential(*builder.items(plain["layers"], "model.layers"))
 
 
 @torch.no_grad()
-def materialize(model: nn.Module, sample: torch.Tensor):
-    """Run one forward pass so lazy layers learn their input sizes; returns its output."""
+def materialize(model: nn.Module, sample: torch.Tensor) -> Any:
+    """Run one forward pass so lazy layers learn their input sizes; returns the model's output."""
     return model(sample)
 
 

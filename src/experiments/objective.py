@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from .data import Dataset
+from .outputs import predictions
 from .telemetry import tags
 
 CLASSES = ("classification", "next_token")  # tasks that predict a class (a token is a class): cross-entropy
@@ -49,7 +50,7 @@ def evaluate(model: nn.Module, data: Dataset, chunk: int = EVAL_CHUNK) -> Dict[s
     n = data.val_x.shape[0]
     for start in range(0, n, chunk):
         x, y = data.val_x[start:start + chunk], data.val_y[start:start + chunk]
-        out = model(x)
+        out = predictions(model(x), data.task)  # the logits the task scores (outputs.py)
         total += loss_fn(out, y, reduction="sum")
         if data.task in CLASSES:
             correct += (out.argmax(-1) == y).sum()

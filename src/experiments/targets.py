@@ -51,11 +51,12 @@ def is_safe(obj: Any) -> bool:
 
 
 def _refuse(path: str, where: str) -> ConfigError:
+    package = path.partition(".")[0]
     return ConfigError(
         f"{where}: refused to run '{path}': a config read from a run folder is data, and it may name only "
         f"torch.nn modules, torch.nn.init functions and this project's own layers, init functions and data "
         f"loaders. If you trust this folder, allow it explicitly: allow_targets={path} on the inspect command "
-        f"line, or load_run(..., allow_targets=['{path}']).")
+        f"line, or load_run(..., allow_targets=['{path}']); allow_targets='{package}.*' allows its whole package.")
 
 
 def resolve(path: str, where: str, default_module: str = "torch.nn") -> Any:

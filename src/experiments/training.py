@@ -27,6 +27,7 @@ from .experiment import build_experiment
 from .guards import DivergenceGuard, InterruptGuard, check_validation
 from .memory import out_of_memory
 from .objective import CLASSES, evaluate, loss_function, make_optimizer
+from .outputs import predictions
 from .progress import Progress
 from .resume import Change, check_changes, config_changes, describe, restore_hydra_config, set_hyperparameters
 from .run_folder import RunLock, discard_events, refuse_previous_run, remove_temporaries, storage_errors
@@ -197,7 +198,7 @@ class Run:
         logs = bool(self.monitor.due(step))
         if logs:
             self.monitor.before_forward(step)
-        out = self.model(x)
+        out = predictions(self.model(x), self.data.task)  # the logits the task scores (outputs.py)
         loss = self.loss_fn(out, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
