@@ -30,6 +30,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from hydra.experimental.callback import Callback
 
+from .distributed import launch
 from .errors import ExperimentError, RunFolderTaken, StorageError
 from .runs import CHECKPOINT_DIR, EVENTS, WEIGHTS_FINAL, WEIGHTS_INIT
 
@@ -259,6 +260,8 @@ class RunFolderCheck(Callback):
     by another process, and, without ``trainer.resume``, holding no earlier run."""
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        if launch() is not None:  # a distributed run: distributed_run.DistributedRun checks it on rank 0
+            return
         self._check(lambda: check_folder(Path(str(config.hydra.run.dir)), config.trainer.resume))
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
