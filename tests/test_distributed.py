@@ -147,3 +147,139 @@ def test_two_processes_log_every_number_one_process_logs(model, tmp_path):
         assert torch.allclose(weights[name], reference[name], rtol=1e-5, atol=1e-6), name
     acc = read_events(run)
     assert {t for t in acc.Tags()["histograms"]} == {t for t in read_events(tmp_path / "one").Tags()["histograms"]}
+
+
+# --- stopping together, resuming, a rank that crashes -------------------------------------------------
+
+STOP_ARGS = ["model=tied_lm", "data=zipf_text", "data.n_train=2048", "data.n_val=64", "data.batch_size=32",
+             "model.width=8", "model.hidden=16", "data.vocab=50", "trainer.epochs=8", "optim=adam", "optim.lr=0.01"]
+
+
+def workers(agent: subprocess.Popen):
+    """torchrun's worker processes: local rank -> pid."""
+    found = {}
+    for task in Path(f"/proc/{agent.pid}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            rank = [e for e in environ if e.startswith(b"LOCAL_RANK=")]
+            if rank:
+                found[int(rank[0].split(b"=")[1])] = int(pid)
+    return found
+
+
+def wait_for(path, proc, timeout=120):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def resume_command(failure: str, *extra):
+    """The command failure.txt gives, run the way this test runs torchrun."""
+    import shlex
+
+    command = shlex.split(failure.split("Resume with: ")[1].strip())
+    assert command[:3] == ["torchrun", "--standalone", "--nproc_per_node=2"] and command[3] == "train.py", command
+    return [*command[4:], *extra]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_rank_stops_every_rank_at_one_step_and_resumes_exactly(tmp_path):
+    reference = torchrun([*STOP_ARGS, f"hydra.run.dir={tmp_path / 'reference'}"])
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    agent = subprocess.Popen(torchrun_command([*STOP_ARGS, f"hydra.run.dir={run_dir}"]), cwd=ROOT, env=ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(run_dir / "checkpoints" / "step_00000064.pt", agent)  # the first epoch is done
+    os.kill(workers(agent)[1], signal.SIGTERM)
+    output = agent.communicate(timeout=120)[0]
+    assert agent.returncode != 0
+    failure = (run_dir / "failure.txt").read_text()
+    assert failure.count("\n") == 1 and "Interrupted: stopped by SIGTERM (caught by 1 of the 2 processes) at step" \
+        in failure, failure + output[-3000:]
+    step = int(failure.split(" at step ")[1].split(";")[0])
+    assert 64 < step < 512
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == step  # one checkpoint there
+    assert not (run_dir / "weights_final.pt").exists()
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["last.pt", "step_00000064.pt"]
+
+    shutil.copytree(run_dir, tmp_path / "one")  # to resume in one process too
+    resumed = torchrun(resume_command(failure))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not (run_dir / "failure.txt").exists()
+    expected, weights = final_weights(tmp_path / "reference"), final_weights(run_dir)
+    for name in expected:
+        assert torch.equal(weights[name], expected[name]), name  # bit for bit
+    assert scalars(run_dir) == scalars(tmp_path / "reference")  # every point once, every value the same
+
+    alone = one_process([*STOP_ARGS, f"hydra.run.dir={tmp_path / 'one'}", "trainer.resume=auto"])
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    weights = final_weights(tmp_path / "one")  # the same global batch in one process: the same model, to rounding
+    for name in expected:
+        assert torch.allclose(weights[name], expected[name], rtol=1e-4, atol=1e-5), name
+    got, want = scalars(tmp_path / "one"), scalars(tmp_path / "reference")
+    assert got.keys() == want.keys() and all(got[t].keys() == want[t].keys() for t in want)
+
+
+@pytest.mark.slow
+def test_a_rank_that_raises_stops_the_others_and_failure_txt_names_it(tmp_path):
+    layers = ("model.layers=[{_target_: torch.nn.Linear, out_features: 16}, {_target_: torch.nn.ReLU}, "
+              "{_target_: distributed_helpers.RaiseOnRank, rank: 1, at: 40}, {_target_: torch.nn.Linear, out_features: 1}]")
+    started = time.time()
+    result = torchrun(["model=mlp", layers, "data.n_train=20000", "trainer.epochs=50", f"hydra.run.dir={tmp_path}"],
+                      timeout=120)
+    assert result.returncode != 0
+    assert time.time() - started < 60 + 15  # the others stopped (torch's start-up is ~10 s here)
+    failure = (tmp_path / "failure.txt").read_text()
+    assert "rank 1 of 2: RuntimeError: boom on rank 1 at call 40" in failure, failure + result.stderr[-3000:]
+    assert "rank 0 of 2: PeerFailed: rank 0 of 2 stopped at step 39: another process of this run failed" in failure
+    assert not (tmp_path / "weights_final.pt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override, says", [
+    ("data.batch_size=31", "data.batch_size=31 cannot be split evenly across the 2 processes"),
+    ("trainer.distributed.backend=mpi", "trainer.distributed.backend='mpi': unknown backend"),
+    pytest.param("trainer.distributed.backend=nccl", "backend=nccl: this machine has no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+])
+def test_what_cannot_run_distributed_is_refused_before_training(override, says, tmp_path):
+    result = torchrun(["data.n_train=64", override, f"hydra.run.dir={tmp_path / 'run'}"], timeout=120)
+    assert result.returncode != 0
+    assert says in result.stdout + result.stderr, result.stdout[-2000:] + result.stderr[-2000:]
+    assert str(ROOT / "src") not in result.stdout + result.stderr  # one paragraph, no traceback of ours (torchrun
+    assert not (tmp_path / "run" / "weights_init.pt").exists()    # prints its own when a process exits non-zero)
+
+
+@pytest.mark.slow
+def test_a_sweep_under_torchrun_is_refused(tmp_path):
+    result = torchrun(["-m", "optim.lr=0.1,0.2", f"hydra.sweep.dir={tmp_path / 'sweep'}"], timeout=120)
+    assert result.returncode != 0
+    assert "a sweep (-m) under torchrun is not supported" in result.stdout + result.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.slow
+def test_quiet_steps_make_no_collective_of_ours(tmp_path):
+    """Counted by wrapping every torch.distributed collective: a step that logs nothing makes only DDP's gradient
+    all-reduce (one per bucket, which also carries the stop flags); a logged step one more, whatever it logs."""
+    out = tmp_path / "counts"
+    args = ["model=tied_lm", "data=zipf_text", "data.n_train=640", "data.n_val=64", "data.batch_size=32",
+            "model.width=8", "model.hidden=16", "data.vocab=50", "trainer.epochs=2", "telemetry.tied.every=7",
+            "telemetry.activations.every=5", "telemetry.loss.every=3", "telemetry.param_norm.every=11",
+            "telemetry.grad_norm.every=11", "telemetry.update_ratio.every=11", "telemetry.histograms.every=20"]
+    result = subprocess.run(torchrun_command([str(out), *args], script="tests/distributed_helpers.py"), cwd=ROOT,
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in range(2):
+        steps = json.loads(Path(f"{out}.rank{rank}.json").read_text())
+        assert [s["step"] for s in steps] == list(range(1, 41))
+        quiet = [s for s in steps if not s["logs"]]
+        assert len(quiet) > 10 and all(s["ours"] == 0 for s in quiet), quiet
+        assert all(s["buckets"] >= 1 for s in steps)  # DDP's own, counted through its comm hook
+        # at most one on a logged step: what depends on each rank's rows travels as one flat tensor; none where
+        # only norms of the (already averaged) gradients and of the weights are due
+        batch = [s["step"] for s in steps if s["step"] % 3 == 0 or s["step"] % 5 == 0 or s["step"] % 7 == 0]
+        assert [s["step"] for s in steps if s["ours"] == 1] == [1, *batch, *([40] if 40 not in batch else [])]
+        assert all(s["ours"] == 0 for s in steps if s["step"] not in [1, 40, *batch])
