@@ -76,7 +76,8 @@ def launch(environ: Optional[Mapping[str, str]] = None) -> Optional[Launch]:
         host = first_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "localhost")
         port = int(env.get("MASTER_PORT") or 10000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
         return Launch(int(env["SLURM_PROCID"]), int(tasks), int(env.get("SLURM_LOCALID", "0")),
-                      f"tcp://{host}:{port}", "slurm", int(env.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0]))
+                      f"tcp://{host}:{port}", "slurm",
+                      int((env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_NTASKS_PER_NODE") or "1").split("(")[0]))
     return None
 
 
