@@ -21,7 +21,7 @@ LAYERS = [  # bottom first; names relative to the package, globs allowed
     ["telemetry.*"],  # watching a model train
     ["experiment", "config", "cli_help"],  # an experiment set up from its config
     ["training"],  # the loop
-    ["failures", "sweeps", "report", "report_figures", "inspection", "benchmark", "benchmark_lightning"],  # what runs or reads runs
+    ["failures", "sweeps", "report", "report_figures", "inspection", "benchmark", "benchmark_lightning", "benchmark_distributed"],  # what runs or reads runs
     ["hydra_plugins.experiments_launcher*"],  # the Slurm launcher Hydra loads (src/hydra_plugins/)
 ]
 
