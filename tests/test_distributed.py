@@ -6,7 +6,6 @@ The multi-process tests start real ``torchrun``s (``python -m torch.distributed.
 """
 
 import json
-import math
 import os
 import shutil
 import signal
@@ -19,7 +18,7 @@ import pytest
 import torch
 
 from conftest import ROOT, read_events, run_cli
-from experiments import distributed
+from experiments import ddp, distributed
 from experiments.errors import ConfigError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0",
@@ -74,13 +73,13 @@ def test_torchrun_and_slurm_environments_say_where_the_ranks_meet():
 
 def test_a_batch_is_split_into_each_rank_share_and_uneven_shares_are_weighted():
     x, y = torch.arange(18.0).reshape(9, 2), torch.arange(9)
-    parts = [distributed.shard(x, y, r, 2) for r in range(2)]
+    parts = [ddp.shard(x, y, r, 2) for r in range(2)]
     assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), y)
     assert [p[0].shape[0] for p in parts] == [4, 5]
     # an uneven share: each rank's sum times its scale, averaged over ranks, is the global mean
     losses = torch.arange(9.0)
     assert sum(losses[4 * r:4 * r + 4 + r].sum() * parts[r][2] for r in range(2)) / 2 == pytest.approx(4.0)
-    assert distributed.shard(x[:8], y[:8], 1, 2)[2] is None  # even: plain means
+    assert ddp.shard(x[:8], y[:8], 1, 2)[2] is None  # even: plain means
 
 
 def test_errors_that_refuse_a_distributed_run_name_the_key():
@@ -94,10 +93,10 @@ def test_errors_that_refuse_a_distributed_run_name_the_key():
         with pytest.raises(ConfigError, match="backend=nccl: this machine has no CUDA device"):
             distributed.choose_backend("nccl", "auto")
     with pytest.raises(ConfigError, match=r"'1' \(BatchNorm1d\).*LayerNorm instead"):
-        distributed.check_model(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)), 2)
+        ddp.check_model(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)), 2)
     with pytest.raises(ConfigError, match=r"'0' \(Dropout\).*random masks"):
-        distributed.check_model(torch.nn.Sequential(torch.nn.Dropout(0.1)), 2)
-    distributed.check_model(torch.nn.Sequential(torch.nn.Dropout(0.0), torch.nn.LayerNorm(2)), 2)
+        ddp.check_model(torch.nn.Sequential(torch.nn.Dropout(0.1)), 2)
+    ddp.check_model(torch.nn.Sequential(torch.nn.Dropout(0.0), torch.nn.LayerNorm(2)), 2)
 
 
 # --- two processes against one --------------------------------------------------------------------------
@@ -283,3 +282,21 @@ def test_quiet_steps_make_no_collective_of_ours(tmp_path):
         batch = [s["step"] for s in steps if s["step"] % 3 == 0 or s["step"] % 5 == 0 or s["step"] % 7 == 0]
         assert [s["step"] for s in steps if s["ours"] == 1] == [1, *batch, *([40] if 40 not in batch else [])]
         assert all(s["ours"] == 0 for s in steps if s["step"] not in [1, 40, *batch])
+
+
+def test_each_rank_adds_its_own_failure_line_and_the_resume_command_is_torchrun(tmp_path, monkeypatch):
+    from experiments.failures import launcher_command, record_failure
+
+    (tmp_path / "failure.txt").write_text("an earlier attempt's failure\n")
+    os.utime(tmp_path / "failure.txt", (0, 0))  # older than this process: replaced, not added to
+    record_failure(tmp_path, RuntimeError("boom"), rank=(1, 2))
+    record_failure(tmp_path, distributed.PeerFailed("gone"), rank=(0, 2))
+    assert (tmp_path / "failure.txt").read_text() == "rank 1 of 2: RuntimeError: boom\nrank 0 of 2: PeerFailed: gone\n"
+    assert launcher_command() == "python train.py"
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "r")
+    assert launcher_command() == "torchrun --standalone --nproc_per_node=2 train.py"
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert launcher_command().startswith("torchrun --nnodes=4 --nproc_per_node=2 <the same rendezvous options>")

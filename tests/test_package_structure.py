@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [  # bottom first; names relative to the package, globs allowed
     ["experiments", "errors", "targets", "telemetry", "telemetry.tags"],  # vocabulary: no logic to depend on
     ["tying", "uses", "layers", "objective", "models", "initialization", "summary", "data", "data.*", "runs", "checkpoints",
-     "guards", "progress", "run_folder", "resume", "slurm", "distributed", "distributed_run"],  # parts
+     "guards", "progress", "run_folder", "resume", "slurm", "distributed", "ddp", "distributed_run"],  # parts
     ["telemetry.*"],  # watching a model train
     ["experiment", "config", "cli_help"],  # an experiment set up from its config
     ["training"],  # the loop

@@ -11,9 +11,9 @@ the rendezvous. One process: nothing here is used.
   gloo on the CPU and nccl on CUDA); :func:`current` is it, :func:`stop` closes it.
 - :class:`Reducer`: the values of a logged step that depend on each rank's own rows (loss, accuracy,
   activation sums, each use's gradient) averaged across ranks as ONE flat float64 tensor, in place.
-- :class:`StopFlags`: a rank's request to stop (the signal it caught) rides in DDP's own gradient
-  all-reduce, so every rank learns of it after the same step without a collective of ours.
-- :func:`shard`: this rank's rows of a global batch (``data.batch_size`` is the global batch).
+- :func:`agree_on_failure`: after a part each rank does alone, all go on or all stop.
+
+The model's side (DistributedDataParallel, the stop flags in its all-reduce, the batch split) is ``ddp.py``.
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from .errors import ConfigError, ExperimentError
 
@@ -238,9 +237,10 @@ class Reducer:
         return found
 
 
-def agree_on_failure(error: Optional[BaseException], rank: int, world: int) -> None:
-    """After a part every rank does on its own (setting the run up): each says whether it failed; if any did,
-    every rank raises: the failed one its own error, the others :class:`PeerFailed` naming it."""
+def agree_on_failure(error: Optional[BaseException], rank: int, world: int, doing: str = "setting the run up") -> None:
+    """After a part every rank does on its own (setting the run up, rank 0 writing a checkpoint): each says
+    whether it failed; if any did, every rank raises: the failed one its own error, the others
+    :class:`PeerFailed` naming it."""
     said: List[Any] = [None] * world
     dist.all_gather_object(said, None if error is None else f"{type(error).__name__}: {error}")
     if error is not None:
@@ -248,121 +248,33 @@ def agree_on_failure(error: Optional[BaseException], rank: int, world: int) -> N
     failed = [(r, text) for r, text in enumerate(said) if text is not None]
     if failed:
         r, text = failed[0]
-        raise PeerFailed(f"rank {r} of {world} failed while setting the run up ({text})")
+        raise PeerFailed(f"rank {r} of {world} failed while {doing} ({text})")
 
 
-class StopFlags:
-    """Which signal each rank caught, summed across ranks inside DDP's own gradient all-reduce: a comm hook
-    appends the counts to the first bucket (DDP keeps it small, 1 MB), so after every backward each rank
-    knows how many ranks caught SIGTERM, SIGINT or submitit's signal, without a collective of its own.
-
-    On the CPU the counts are read after the step that carried them; on CUDA they are read one step later
-    (copied to the host behind that step), so no step waits for the GPU. Every rank reads the same counts
-    at the same step, so all stop there together."""
-
-    SLOTS = 65  # signal numbers 1..64
-
-    def __init__(self, world: int, device: torch.device):
-        self.world = world
-        self.local = torch.zeros(self.SLOTS, device=device)  # one-hot: the signal this rank caught
-        self.counts = torch.zeros(self.SLOTS, device=device)  # after the step: ranks that caught each signal
-        self.buckets = 0  # DDP's own all-reduces (one per bucket and step), for tests
-        self._posted = 0
-        self._cuda = device.type == "cuda"
-        if self._cuda:
-            self._host = torch.zeros(self.SLOTS, pin_memory=True)
-            self._copied: Optional[torch.cuda.Event] = None
-
-    def post(self, signum: Optional[int]) -> None:
-        """Before backward: the signal this rank has caught (0/None: none)."""
-        signum = int(signum or 0)
-        if signum != self._posted:
-            self.local.zero_()
-            if signum:
-                self.local[signum] = 1.0
-            self._posted = signum
-
-    def hook(self, state, bucket):  # (no annotations: DDP checks them, and this module postpones them)
-        """DDP's comm hook: average the bucket, as DDP's default does; bucket 0 carries the counts."""
-        self.buckets += 1
-        buffer = bucket.buffer()
-        if bucket.index() != 0:
-            buffer.div_(self.world)
-            return dist.all_reduce(buffer, async_op=True).get_future().then(lambda f: f.value()[0])
-        joined = torch.cat([buffer.div_(self.world), self.local.to(buffer.dtype)])
-        n = buffer.numel()
-
-        def split(future: torch.futures.Future) -> torch.Tensor:
-            reduced = future.value()[0]
-            self.counts.copy_(reduced[n:])
-            return reduced[:n]
-        return dist.all_reduce(joined, async_op=True).get_future().then(split)
-
-    def agreed(self) -> Tuple[int, int]:
-        """After a step: the signal to stop for (0: none) and how many ranks caught it. Submitit's time-limit
-        signal comes first (the job is requeued), then SIGTERM, then SIGINT."""
-        if self._cuda:
-            counts = torch.zeros(self.SLOTS)
-            if self._copied is not None:  # the previous step's counts, copied behind it
-                self._copied.synchronize()
-                counts = self._host.clone()
-            self._host.copy_(self.counts, non_blocking=True)
-            self._copied = torch.cuda.Event()
-            self._copied.record()
-        else:
-            counts = self.counts
-        caught = [s for s in range(1, self.SLOTS) if counts[s] > 0] if bool(counts.any()) else []
-        if not caught:
-            return 0, 0
-        import signal
-        order = {signal.SIGTERM: 1, signal.SIGINT: 2}
-        signum = min(caught, key=lambda s: (order.get(s, 0), s))  # any other (USR2: submitit's) first
-        return signum, int(counts[signum])
-
-
-# --- the model and the batch --------------------------------------------------------------------
-
-NOT_PER_ROW = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
-
-
-def check_model(model: nn.Module, world: int) -> None:
-    """Refuse a model whose training depends on how the batch is split: BatchNorm normalizes by each rank's
-    rows, dropout draws each rank's masks from the same random state."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd) and not module.p:
-            continue
-        if isinstance(module, NOT_PER_ROW):
-            why = ("it normalizes by each process's rows of the batch" if isinstance(module, nn.modules.batchnorm._BatchNorm)
-                   else "every process would draw the same random masks for different rows")
-            raise ConfigError(
-                f"model: layer '{name}' ({type(module).__name__}) cannot train in {world} processes the model one "
-                f"process trains: {why}. Train it in one process (python train.py ...), or use a layer that does not "
-                f"depend on how the batch is split (LayerNorm instead of BatchNorm; dropout with p=0).")
-
-
-def wrap(model: nn.Module, group: Group, device: torch.device, flags: StopFlags) -> nn.Module:
-    """``model`` in ``DistributedDataParallel`` (the model itself stays what is saved and logged)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    # buffers are not synced on every forward (a collective per step): a layer whose buffers depend on the
-    # batch (BatchNorm) is refused by check_model; others stay the same on every rank
-    import inspect
-    quiet = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(
-        DistributedDataParallel.__init__).parameters else {"broadcast_buffers": False}
+def together(build: Callable[[], Any], group: Optional[Group], undo: Callable[[Any], None] = lambda made: None,
+             doing: str = "setting the run up") -> Any:
+    """``build()`` on every rank: all go on with what it made, or, if it failed on any rank, all stop (the
+    others through :func:`agree_on_failure`, after ``undo`` of what they made), so none waits in vain."""
+    if group is None:
+        return build()
+    made, error = None, None
     try:
-        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **quiet)
-    except (RuntimeError, ValueError, AssertionError) as e:
-        raise ConfigError(f"model: DistributedDataParallel refuses this model ({' '.join(str(e).split())[:400]}). "
-                          f"Train it in one process (python train.py ...).") from None
-    ddp.register_comm_hook(None, flags.hook)
-    return ddp
+        made = build()
+    except Exception as e:  # noqa: BLE001  (told to every rank, then raised)
+        error = e
+    try:
+        agree_on_failure(error, group.rank, group.world, doing)
+    except BaseException:
+        if made is not None:
+            undo(made)
+        raise
+    return made
 
 
-def shard(x: torch.Tensor, y: torch.Tensor, rank: int, world: int) -> Tuple[torch.Tensor, torch.Tensor, Optional[float]]:
-    """This rank's rows of a global batch, and ``scale``: None when every rank has the same number of rows
-    (plain means are right); else what turns a sum over this rank's targets into its part of the global
-    mean (world / the global number of targets), e.g. for an epoch's last, smaller batch."""
-    rows = x.shape[0]
-    lo, hi = rank * rows // world, (rank + 1) * rows // world
-    scale = None if rows % world == 0 else world / (rows * y.shape[1:].numel())
-    return x[lo:hi], y[lo:hi], scale
+def peer_failure(error: BaseException, group: Optional[Group], step: int) -> Optional[PeerFailed]:
+    """``error`` as :class:`PeerFailed` if it is a collective that failed because another rank is gone."""
+    if group is None or not is_collective_failure(error):
+        return None
+    return PeerFailed(f"rank {group.rank} of {group.world} stopped at step {step}: another process of this run "
+                      f"failed or was killed (its line in failure.txt, or its log, says why). "
+                      f"{' '.join(str(error).split())[:300]}")

@@ -25,11 +25,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from . import distributed
+from . import ddp, distributed
 from .checkpoints import (find_checkpoint, load_training_state, restore_training_state, run_dir_of, save_checkpoint,
                           save_weights)
 from .config import check_optimizer, check_trainer
-from .distributed import PeerFailed, Reducer, StopFlags
+from .ddp import StopFlags
+from .distributed import Reducer
 from .errors import ConfigError, Diverged, Interrupted
 from .experiment import build_experiment
 from .guards import DivergenceGuard, InterruptGuard, check_validation, spread_nonfinite
@@ -71,9 +72,9 @@ class Run:
         self.guard = DivergenceGuard(self.optimizer, self.names, self.params, agreed=self.group is not None)
         self.forward, self.reducer, self.flags = self.model, None, None  # one process: the model itself
         if self.group:
-            distributed.check_model(self.model, self.world)
+            ddp.check_model(self.model, self.world)
             self.reducer, self.flags = Reducer(self.world), StopFlags(self.world, self.exp.device)
-            self.forward = distributed.wrap(self.model, self.group, self.exp.device, self.flags)
+            self.forward = ddp.wrap(self.model, self.exp.device, self.flags)
         self.check_every = cfg.trainer.check_every
         self.loss_fn = loss_function(self.data.task)
         self.clip = cfg.trainer.clip_grad_norm
@@ -224,7 +225,7 @@ class Run:
         caught) goes to the other ranks with the gradients."""
         step, scale = self.step, None
         if self.group:
-            x, y, scale = distributed.shard(x, y, self.rank, self.world)
+            x, y, scale = ddp.shard(x, y, self.rank, self.world)
             self.flags.post(signum)
         logs = bool(self.monitor.due(step))
         if logs:
@@ -267,7 +268,7 @@ class Run:
                     raise
                 error = e
         if self.group:
-            distributed.agree_on_failure(error, self.rank, self.world)
+            distributed.agree_on_failure(error, self.rank, self.world, "writing the checkpoint")
         self.checkpointed = self.step
         return path
 
@@ -307,7 +308,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
     resume_if_requeued(cfg)  # a Slurm job requeued at its time limit continues from its checkpoint
     group = distributed.start(cfg.trainer.distributed.backend, cfg.trainer.device, cfg.trainer.distributed.timeout_s)
     with storage_errors(run_dir):  # a full disk or a read-only folder: one paragraph naming it
-        run = set_up(cfg, run_dir, choices, group)
+        run = distributed.together(lambda: Run(cfg, run_dir, choices), group, undo=Run.release)
         try:
             with InterruptGuard() as interrupt:
                 try:
@@ -317,10 +318,9 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
                     error.args = (f"{error} {run.last_good_state()}",)
                     raise
                 except Exception as error:
-                    if group and distributed.is_collective_failure(error):
-                        raise PeerFailed(f"rank {group.rank} of {group.world} stopped at step {run.step}: another "
-                                         f"process of this run failed or was killed (its line in {FAILURE_FILE}, or "
-                                         f"its log, says why). {' '.join(str(error).split())[:300]}") from None
+                    peer = distributed.peer_failure(error, group, run.step)  # another rank is gone
+                    if peer is not None:
+                        raise peer from None
                     raise
                 finally:
                     run.monitor.close()
@@ -332,21 +332,3 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
     distributed.stop()
     return value
 
-
-def set_up(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]], group) -> Run:
-    """The :class:`Run`; distributed, every rank's set-up succeeds or every rank stops (naming the rank that
-    failed), so that none waits for the others in vain."""
-    if group is None:
-        return Run(cfg, run_dir, choices)
-    run, error = None, None
-    try:
-        run = Run(cfg, run_dir, choices)
-    except Exception as e:
-        error = e
-    try:
-        distributed.agree_on_failure(error, group.rank, group.world)
-    except BaseException:
-        if run is not None:
-            run.release()
-        raise
-    return run

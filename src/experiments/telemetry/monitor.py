@@ -182,7 +182,7 @@ class Monitor:
         uninterrupted one would, e.g. the first loss/train point after it averages the same steps."""
         states = {name: s.state_dict() for name, s in self.signals.items()}
         mine = {"loss_local": 0.0 if self.loss_local is self.loss_total else float(self.loss_local),
-                "signals": {name: s.rank_state() for name, s in self.signals.items()}}
+                "signals": {name: part for name, s in self.signals.items() if (part := s.rank_state())}}
         ranks = self.reducer.gather(mine) if self.reducer is not None else [mine]
         return {"loss_total": float(self.loss_total), "signals": {name: s for name, s in states.items() if s},
                 "ranks": ranks}
