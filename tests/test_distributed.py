@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, read_events, run_cli
+from conftest import ROOT, read_events
 from experiments import ddp, distributed
 from experiments.errors import ConfigError
 

@@ -71,7 +71,7 @@ class Monitor:
         self._added = 0  # the step whose loss after_backward already added
         watched = Watched(model, [n for n, _ in named], [p for _, p in named], uses.groups if uses else tie_groups(model),
                           classification, self.events, self.loss_total, uses, self.sub_run, self.loss_local,
-                          self.writes)
+                          self.writes, reducer)
         self.signals: Dict[str, Signal] = {
             name: SIGNALS[name](watched) for name, every in self._every.items()
             if every and SIGNALS[name].applies(watched)

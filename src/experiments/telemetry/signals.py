@@ -37,6 +37,7 @@ from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Ty
 import torch
 from torch import nn
 
+from ..distributed import Reducer
 from ..tying import TieGroup
 from ..uses import UseViews
 from . import tags
@@ -68,6 +69,7 @@ class Watched:
     sub_run: Optional[Callable[[str], EventFile]] = None  # the event file of the sub-run <run>/<name>
     loss_local: Optional[torch.Tensor] = None  # this rank's losses since the last reduction (distributed), else loss_total
     writes: bool = True  # False on ranks other than 0 of a distributed run: computed, not written
+    reducer: Optional[Reducer] = None  # a distributed run's (distributed.Reducer); better: hand values over in batch_values
 
 
 SIGNALS: Dict[str, Type["Signal"]] = {}
