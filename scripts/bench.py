@@ -1,7 +1,8 @@
-"""Training speed against a plain PyTorch loop, in one process; cold start; logging cost growth.
+"""Training speed against a plain PyTorch loop, in one process; cold start; logging cost growth; 2 processes.
 
     python scripts/bench.py                      # the full run behind the README table (a few minutes)
     python scripts/bench.py --repeats 1 --quick  # a smoke run
+    python scripts/bench.py --processes 0        # without the distributed table (torchrun, 2 processes vs 1)
     pip install -e ".[bench]"                    # adds Lightning, the peer in the table
 
 Prints a Markdown table and writes it, with the raw numbers as JSON, to --out.
@@ -19,6 +20,8 @@ def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="alternated repeats of every variant (median)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="the wide workload in this many processes (torchrun) against one; 0: leave it out")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench", help="folder for bench.md/.json")
     args = parser.parse_args(argv)
     from experiments.benchmark import run_benchmark
@@ -26,7 +29,7 @@ def main(argv):
     sizes = dict(epochs=1, n_train=1024, growth_counts=(10, 20), start_repeats=1) if args.quick else \
         dict(epochs={"tiny": 8, "wide": 3}, n_train=16384, growth_counts=(10, 100, 1000))
     command = "python scripts/bench.py " + " ".join(argv)
-    result = run_benchmark(args.repeats, root=ROOT, command=command.strip(), **sizes)
+    result = run_benchmark(args.repeats, root=ROOT, command=command.strip(), processes=args.processes, **sizes)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.md").write_text(result["markdown"])
     (args.out / "bench.json").write_text(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2))

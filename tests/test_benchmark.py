@@ -2,11 +2,14 @@
 
 import json
 
+import pytest
+
 from conftest import run_cli
 
 
 def test_bench_smoke(tmp_path):
-    result = run_cli(["--repeats", "1", "--quick", "--out", str(tmp_path)], script="scripts/bench.py", timeout=300)
+    result = run_cli(["--repeats", "1", "--quick", "--processes", "0", "--out", str(tmp_path)], script="scripts/bench.py",
+                     timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads((tmp_path / "bench.json").read_text())
     variants = ["plain loop", "ours, telemetry off", "ours, default", "ours, default + model.grad_scale",
@@ -21,3 +24,18 @@ def test_bench_smoke(tmp_path):
                                           "train.py to first step", "train.py to exit"}
     md = (tmp_path / "bench.md").read_text()
     assert md in result.stdout and "| tiny | ours, every signal every step |" in md and "× the floor script" in md
+
+
+@pytest.mark.slow
+def test_distributed_rows_measure_two_processes_against_one():
+    from conftest import ROOT
+    from experiments.benchmark import distributed_markdown, distributed_speed
+
+    rows = distributed_speed(n_train=1024, epochs=1, root=ROOT)
+    assert list(rows) == ["1 process", "2 processes"]
+    one, two = rows.values()
+    assert one["processes"] == 1 and two["processes"] == 2 and one["reduce_calls"] == 0
+    assert two["steps"] == one["steps"] == 4  # the global batch (256): the same steps in 2 processes
+    assert two["reduce_calls"] >= two["steps"] and two["reduce_ms_per_logged_step"] > 0  # every step logs there
+    md = "\n".join(distributed_markdown(rows))
+    assert "| 2 processes |" in md and "| 1 process |" in md and "| none |" in md

@@ -18,11 +18,12 @@ LAYERS = [  # bottom first; names relative to the package, globs allowed
     ["experiments", "errors", "targets", "telemetry", "telemetry.tags"],  # vocabulary: no logic to depend on
     ["tying", "uses", "layers", "outputs", "objective", "target_models", "models", "initialization", "summary", "data",
      "data.*", "runs", "checkpoints", "checkpoint_checks", "guards", "progress", "run_folder", "resume", "slurm", "memory",
-     "run_files", "event_records"],  # parts
+     "run_files", "event_records", "distributed", "ddp", "distributed_run"],  # parts
     ["telemetry.*"],  # watching a model train
     ["experiment", "config", "cli_help", "fit"],  # an experiment set up from its config
     ["training"],  # the loop
-    ["failures", "sweeps", "report", "report_figures", "inspection", "benchmark", "benchmark_lightning"],  # what runs or reads runs
+    ["failures", "sweeps", "report", "report_figures", "inspection", "benchmark", "benchmark_lightning",
+     "benchmark_distributed"],  # what runs or reads runs
     ["hydra_plugins.experiments_launcher*"],  # the launchers Hydra loads (src/hydra_plugins/): Slurm, and joblib and submitit_local that stop cleanly
 ]
 

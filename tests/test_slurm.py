@@ -204,6 +204,35 @@ def test_a_failing_job_is_recorded_and_the_sweep_exits_1(partition, tmp_path):
 
 
 
+# ------------------------------------------------------------------------------ several tasks per job
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_job_of_two_tasks_is_one_distributed_run_equal_to_one_process(partition, tmp_path):
+    """hydra.launcher.tasks_per_node=2: Slurm starts two tasks, which form one process group from Slurm's
+    environment (no wrapper script) and train one model: one job folder that rank 0 writes, final weights
+    those of the same run in one process (to rounding: the gradients are averaged in another order)."""
+    args = ["model=tied_lm", "data=zipf_text", "data.n_train=200", "data.n_val=64", "data.batch_size=32",
+            "model.width=8", "model.hidden=16", "data.vocab=50", "trainer.epochs=2", "optim=adam", "optim.lr=0.01"]
+    one = run_cli([*args, f"hydra.run.dir={tmp_path / 'one'}"], timeout=300)
+    assert one.returncode == 0, one.stdout + one.stderr
+    result = run_cli(["-m", *args, *cluster(partition, "hydra.launcher.tasks_per_node=2"),
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (job,) = job_dirs(tmp_path / "sweep").values()
+    log = (job / "train.log").read_text()
+    assert "in 2 processes (gloo, 16 rows of each batch of 32 per process)" in log, log[-3000:]
+    assert [p.name for p in (job / ".hydra").iterdir()] and not (job / "failure.txt").exists()
+    assert len(list(job.glob("events.out.tfevents.*"))) == 1  # rank 0's
+    ranks = sorted(tmp_path.glob("sweep/.submitit/*/*_log.out"))
+    assert len(ranks) == 2 and all("Starting with JobEnvironment" in p.read_text() for p in ranks)
+    final, expected = (torch.load(d / "weights_final.pt", weights_only=True)["state_dict"] for d in (job, tmp_path / "one"))
+    assert final.keys() == expected.keys()
+    for name in final:
+        assert torch.allclose(final[name], expected[name], rtol=1e-5, atol=1e-6), name
+    got, want = ([e.value for e in read_events(d).Scalars("loss/val")] for d in (job, tmp_path / "one"))
+    assert got == pytest.approx(want, rel=1e-5)
+
+
 # ------------------------------------------------------------------------------ requeue and resume
 class BeginTimeLifter(threading.Thread):
     """A requeued job waits ~2 min (pending reason BeginTime) before Slurm starts it again: start the
@@ -262,6 +291,48 @@ def test_a_job_at_its_time_limit_is_requeued_and_continues_from_its_checkpoint(p
     for tag in ("loss/train", "loss/val"):
         got, want = ([(e.step, e.value) for e in read_events(d).Scalars(tag)] for d in (job, ref))
         assert got == want, tag  # each step once, the same values (the checkpoint holds the monitor's state)
+    assert not (job / "failure.txt").exists()
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_job_of_two_tasks_at_its_time_limit_is_requeued_and_continues_exactly(partition, tmp_path):
+    """As above, for a distributed job (tasks_per_node=2): Slurm signals both tasks, they stop at the same step,
+    rank 0 writes the checkpoint and requeues the job, both tasks of the requeued job resume from it. Final
+    weights and curves equal those of the same job run uninterrupted (after it: the node has 2 CPUs). The run
+    is sized from its epoch time in a first short job to train for about 55 s."""
+    base = ["data.n_train=20000", "trainer.checkpoint_every=0", "telemetry.histograms.enabled=false", "init=xavier",
+            "data.batch_size=64"]
+    calibration = run_cli(["-m", *base, "trainer.epochs=4", *cluster(partition, "hydra.launcher.tasks_per_node=2"),
+                           f"hydra.sweep.dir={tmp_path / 'calibration'}"], cwd=tmp_path, timeout=600)
+    assert calibration.returncode == 0, calibration.stdout + calibration.stderr
+    (job,) = job_dirs(tmp_path / "calibration").values()
+    seconds = sorted(float(m.group(1)) for m in re.finditer(r"epoch \d+/4 .*\((\d+\.\d+)s\)", (job / "train.log").read_text()))
+    assert len(seconds) == 4
+    epochs = min(800, max(60, math.ceil(55 / max(seconds[2], 1e-3))))
+    tasks = "hydra.launcher.tasks_per_node=2"
+    requeued = ["-m", *base, f"trainer.epochs={epochs}",
+                *cluster(partition, tasks, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=20",
+                         "hydra.launcher.max_num_timeout=5"), f"hydra.sweep.dir={tmp_path / 'requeued'}"]
+    lifter = BeginTimeLifter(tmp_path)
+    lifter.start()
+    try:
+        result = run_cli(requeued, cwd=tmp_path, timeout=600)
+    finally:
+        lifter.stop.set()
+    assert result.returncode == 0, result.stdout + result.stderr
+    reference = run_cli(["-m", *base, f"trainer.epochs={epochs}", *cluster(partition, tasks),
+                         f"hydra.sweep.dir={tmp_path / 'reference'}"], cwd=tmp_path, timeout=600)
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    (ref,), (job,) = job_dirs(tmp_path / "reference").values(), job_dirs(tmp_path / "requeued").values()
+    log = (job / "train.log").read_text()
+    assert re.search(r"stopped by SIGUSR2 \(caught by [12] of the 2 processes\) at step", log), log[-3000:]
+    assert "Requeued job" in log and "resuming from" in log
+    final, expected = (torch.load(d / "weights_final.pt", weights_only=True)["state_dict"] for d in (job, ref))
+    assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in final)
+    for tag in ("loss/train", "loss/val"):
+        got, want = ([(e.step, e.value) for e in read_events(d).Scalars(tag)] for d in (job, ref))
+        assert got == want, tag
     assert not (job / "failure.txt").exists()
 
 

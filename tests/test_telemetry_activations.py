@@ -66,3 +66,33 @@ def test_update_ratio_is_one_sgd_step(tmp_path):
         assert written[f"update_ratio/{name}"] == pytest.approx(expected, rel=1e-5)
     assert read_events(tmp_path).Scalars("update_ratio/0.weight")[0].value == pytest.approx(
         written["update_ratio/0.weight"])
+
+
+def test_sums_of_two_uneven_shares_give_the_whole_batch_statistics():
+    """What a distributed run adds up across ranks (sums, sums of squares, counts, each unit's non-zero count),
+    from two uneven shares of a batch, gives the statistics of the whole batch (dead units included: a unit
+    alive in one share only is not dead)."""
+    torch.manual_seed(0)
+    first_layer, shared = nn.Linear(3, 5), nn.Linear(5, 5)
+    model = nn.Sequential(first_layer, nn.ReLU(), shared, nn.Tanh(), shared)
+    with torch.no_grad():
+        first_layer.weight.abs_()
+        first_layer.bias[:2] = -10.0  # units 0 and 1 of the ReLU: dead on most rows
+    x = torch.randn(9, 3)
+    x[7] = 50.0  # ... but alive on row 7, which only the second share has
+    stats = ActivationStats(model)
+
+    def run(rows):
+        stats.start()
+        model(rows)
+        return stats.partials(keep_hooks=True)
+    whole_tags, whole = stats.finish(run(x))
+    first, second = run(x[:4]), run(x[4:])
+    tags_, values = stats.finish(first + second)
+    assert tags_ == whole_tags and {"act/1/dead_frac", "act/2/mean", "act/4/mean"} <= set(tags_)
+    assert torch.allclose(values, whole, rtol=1e-6, atol=1e-7)
+    relu = torch.relu(first_layer(x))
+    expected = (relu == 0).all(dim=0).float().mean().item()
+    alone = (relu[:4] == 0).all(dim=0).float().mean().item()
+    assert dict(zip(tags_, values.tolist()))["act/1/dead_frac"] == expected < alone  # alive in the second share
+    assert dict(zip(whole_tags, whole.tolist()))["act/0/std"] == pytest.approx(first_layer(x).std().item(), rel=1e-6)

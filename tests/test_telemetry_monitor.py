@@ -102,3 +102,25 @@ def test_every_signal_logs_the_first_and_the_last_step(make_cfg, tmp_path):
     written = {step: prefixes for step, prefixes, _ in logged}  # what was written, not only what was due
     assert all("param_norm" in written[s] and "loss" in written[s] for s in (1, 4, 8, 10))
     assert "param_norm" not in written[9] and "param_norm" not in written[5]
+
+
+def test_a_checkpoint_of_two_ranks_resumes_in_one_process_with_their_parts_combined(tmp_path):
+    """A distributed checkpoint keeps each rank's part not yet reduced (its losses since the last reduction and
+    its accuracy since the last point, each scaled so that the mean over ranks is the global value); one
+    process resuming from it takes their mean, and logs what the two ranks would have."""
+    cfg = OmegaConf.structured(telemetry_schema())
+    cfg.loss.every = 4
+    model = nn.Linear(2, 3)
+    monitor = Monitor(tmp_path, model, cfg, classification=True, total_steps=8)
+    state = {"loss_total": 10.0, "signals": {"loss": {"last_total": 6.0, "last_step": 2}},
+             "ranks": [{"loss_local": 1.0, "signals": {"loss": {"acc": 0.5}}},
+                       {"loss_local": 3.0, "signals": {"loss": {"acc": 1.5}}}]}
+    monitor.load_state_dict(state)
+    assert float(monitor.loss_total) == 12.0  # 10 + (1 + 3) / 2
+    out, target = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]), torch.tensor([1, 2])  # one of two right
+    monitor.after_backward(4, torch.tensor(2.0, dtype=torch.float64), out, target)
+    written = monitor.after_step(4)
+    assert written["loss/train"] == pytest.approx((12.0 + 2.0 - 6.0) / 2)  # the steps since step 2
+    assert written["acc/train"] == pytest.approx((1.0 + 0.5) / 2)  # (0.5 + 1.5) / 2 before, 0.5 now
+    assert monitor.state_dict()["ranks"] == [{"loss_local": 0.0, "signals": {"loss": {"acc": None}}}]
+    monitor.close()

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -208,7 +208,39 @@ def cold_start(repeats: int, root: Path) -> Dict[str, float]:
     return {name: statistics.median(values) for name, values in results.items()}
 
 
-def markdown(results: Dict, growth: Dict[int, float], start: Dict[str, float], command: str) -> str:
+def distributed_speed(n_train: int, epochs: int, root: Path, processes: int = 2) -> Dict[str, Dict[str, float]]:
+    """The ``wide`` workload in one process and in ``processes`` (torchrun, gloo, one thread each): see
+    ``benchmark_distributed``. On a machine with fewer cores than processes the comparison says little."""
+    import json
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(root / "src"), os.environ.get("PYTHONPATH")]))}
+    out = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for n in (1, processes):
+            path = Path(folder) / f"{n}.json"
+            launcher = [sys.executable] if n == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                        f"--nproc_per_node={n}"]
+            subprocess.run([*launcher, "-m", "experiments.benchmark_distributed", str(path), str(n_train), str(epochs)],
+                           cwd=root, env=env, check=True, capture_output=True, text=True)
+            out[f"{n} process{'es' if n > 1 else ''}"] = json.loads(path.read_text())
+    return out
+
+
+def distributed_markdown(rows: Dict[str, Dict[str, float]]) -> List[str]:
+    base = next(iter(rows.values()))["steps_per_s"]
+    lines = ["", "| wide, data.batch_size global | steps/s (default telemetry) | × one process | steps/s (every signal "
+             "every step) | reduction per logged step, ms |", "|---|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        reduce = f"{r['reduce_ms_per_logged_step']:.3f}" if r["processes"] > 1 else "none"
+        lines.append(f"| {name} | {r['steps_per_s']:.0f} | {r['steps_per_s'] / base:.2f} | "
+                     f"{r['steps_per_s_every_signal']:.0f} | {reduce} |")
+    return lines
+
+
+def markdown(results: Dict, growth: Dict[int, float], start: Dict[str, float], command: str,
+             distributed: Optional[Dict[str, Dict[str, float]]] = None) -> str:
     lines = [f"Measured with `{command}` (torch {torch.__version__}, 1 thread, medians).", "",
              "| workload | variant | steps/s (wall) | ratio to the plain loop, CPU time (min–max) | wall-time ratio |",
              "|---|---|---:|---|---:|"]
@@ -228,15 +260,20 @@ def markdown(results: Dict, growth: Dict[int, float], start: Dict[str, float], c
     for name, s in start.items():
         base = floor_first if "first step" in name else floor_exit if "exit" in name else s
         lines.append(f"| {name} | {s:.2f} | {s / base:.2f} |")
+    if distributed:
+        lines += distributed_markdown(distributed)
     return "\n".join(lines) + "\n"
 
 
 def run_benchmark(repeats: int, epochs: int, n_train: int, growth_counts: Sequence[int], root: Path,
-                  command: str, start_repeats: int = 5) -> Dict:
+                  command: str, start_repeats: int = 5, processes: int = 2) -> Dict:
+    """Every table; ``processes`` 0 leaves the distributed one out."""
     torch.set_num_threads(1)
     logging.getLogger("experiments").setLevel(logging.WARNING)
     results = {w: measure(w, repeats, epochs[w] if isinstance(epochs, dict) else epochs, n_train) for w in WORKLOADS}
     growth = logging_growth(growth_counts, repeats=max(20, 5 * repeats))
     start = cold_start(start_repeats, root)
-    return {"workloads": results, "logging_growth_us": growth, "cold_start_s": start,
-            "markdown": markdown(results, growth, start, command)}
+    wide_epochs = epochs["wide"] if isinstance(epochs, dict) else epochs
+    ranks = distributed_speed(n_train, wide_epochs, root, processes) if processes > 1 else None
+    return {"workloads": results, "logging_growth_us": growth, "cold_start_s": start, "distributed": ranks,
+            "markdown": markdown(results, growth, start, command, ranks)}

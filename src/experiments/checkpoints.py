@@ -90,11 +90,12 @@ def load_weights(model: nn.Module, path: Path) -> TieManifest:
 
 def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, step: int,
                     epoch: int, batch_in_epoch: int, shuffle_state: torch.Tensor, config_yaml: str,
-                    numbered: bool, telemetry: Optional[Dict[str, Any]] = None) -> Path:
+                    numbered: bool, telemetry: Optional[Dict[str, Any]] = None, processes: int = 1) -> Path:
     """Write ``checkpoints/last.pt`` (and ``step_<step>.pt`` when ``numbered``), atomically.
 
     ``epoch`` is the epoch in progress, ``batch_in_epoch`` how many of its batches are done and
-    ``shuffle_state`` the shuffle generator's state at the start of that epoch.
+    ``shuffle_state`` the shuffle generator's state at the start of that epoch. ``processes``: how many
+    trained it (a distributed run; it may resume with another number: the global batch is what matters).
     """
     state = {
         "state_dict": model.state_dict(),
@@ -107,6 +108,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
         "batch_in_epoch": batch_in_epoch,
         "config": config_yaml,
         "telemetry": telemetry or {},  # the monitor's running state (the loss since the last point, ...)
+        "processes": processes,
     }
     folder = checkpoint_dir(run_dir)
     if numbered:

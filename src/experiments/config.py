@@ -108,6 +108,14 @@ class AdamConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """A run in several processes (torchrun, or a Slurm job of several tasks): see ``distributed.py``."""
+
+    backend: str = "auto"  # auto (gloo on the CPU, nccl on CUDA) | gloo | nccl
+    timeout_s: float = 600.0  # a rank that waits this long for the others (a hung rank) stops the run
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = 10
     seed: int = 0
@@ -119,6 +127,7 @@ class TrainerConfig:
     progress_every_s: float = 10.0  # a progress line (step/steps, rate, ETA) within an epoch this often; 0: none
     clip_grad_norm: Optional[float] = None  # clip the total gradient norm to this (grad_norm/total logs it before)
     check_every: int = 100  # steps between checks for a non-finite loss or gradient (also on every logged step)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)  # torchrun / Slurm tasks: one run
 
 
 def check_trainer(cfg: DictConfig) -> None:
@@ -131,6 +140,9 @@ def check_trainer(cfg: DictConfig) -> None:
     if cfg.check_every < 1:
         raise ConfigError(f"trainer.check_every={cfg.check_every}: must be at least 1 (steps between checks "
                           f"for a non-finite loss or gradient).")
+    if not cfg.distributed.timeout_s > 0:
+        raise ConfigError(f"trainer.distributed.timeout_s={cfg.distributed.timeout_s}: must be a positive number of "
+                          f"seconds.")
     if cfg.clip_grad_norm is not None and not cfg.clip_grad_norm > 0:
         raise ConfigError(f"trainer.clip_grad_norm={cfg.clip_grad_norm}: must be a positive norm (or null: no "
                           f"clipping).")

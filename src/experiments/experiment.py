@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from . import distributed
 from .config import check_finite, check_known_keys
 from .data import Dataset, load_data
 from .errors import ConfigError
@@ -23,14 +24,18 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when there is one, else the CPU."""
+    """``auto`` picks CUDA when there is one, else the CPU. In a distributed run each process takes the
+    GPU of its local rank."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda: this machine has no CUDA device. "
                           "Use trainer.device=auto or trainer.device=cpu.")
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise ConfigError(f"trainer.device={name!r}: unknown device; use auto, cpu or cuda.")
+    group = distributed.current()
+    if name == "cuda" and group is not None:
+        return torch.device("cuda", group.local_rank)
     return torch.device(name)
 
 

@@ -3,6 +3,10 @@
 A single run exits non-zero. In a sweep (``-m``) the failed job records its failure and
 returns ``inf`` so the other jobs go on; ``sweeps.SweepSummary`` then ends the sweep with a
 non-zero exit that names the failed jobs. The errors themselves are in ``errors.py``.
+
+A distributed run (``distributed.py``) has one ``failure.txt``: what every rank raised alike (an
+interrupt, a divergence, a config error) rank 0 records, once, with one resume command; an error of
+one rank (a crash, a rank that lost the others) that rank adds as its own line, ``rank 1 of 2: ...``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Any, List, Optional, Tuple
 
 from hydra.types import RunMode
 
-from .errors import ExperimentError, Interrupted, RunFolderTaken
+from . import distributed
+from .errors import ConfigError, ExperimentError, Interrupted, RunFailed, RunFolderTaken
 from .run_files import load_yaml
 from .runs import FAILURE_FILE
 from .slurm import is_requeue_signal, requeue_or_fail
@@ -56,13 +61,14 @@ def resume_command(run_dir: Path) -> str:
     ``sys.argv`` is submitit's), shell-quoted."""
     from hydra.core.hydra_config import HydraConfig
 
+    script = launcher_command()
     if not HydraConfig.initialized():  # train() called from code
-        return f"python train.py <the same overrides> {_override('hydra.run.dir', str(run_dir))} trainer.resume=auto"
+        return f"{script} <the same overrides> {_override('hydra.run.dir', str(run_dir))} trainer.resume=auto"
     task, hydra, sweep_dir = _original_overrides(HydraConfig.get())
     dropped = ("trainer.resume=", "hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode=")
     kept = [shlex.quote(o) for o in [*task, *hydra] if not o.lstrip("+~").startswith(dropped)]
     where = _override("hydra.sweep.dir", str(sweep_dir)) if sweep_dir else _override("hydra.run.dir", str(run_dir))
-    return " ".join(["python train.py", *(["-m"] if sweep_dir else []), *kept, where, "trainer.resume=auto"])
+    return " ".join([script, *(["-m"] if sweep_dir else []), *kept, where, "trainer.resume=auto"])
 
 
 RESUME_ARGUMENTS = ("trainer.resume=", "+trainer.resume=", "++trainer.resume=")
@@ -96,17 +102,35 @@ def literal_resume_argument(argv: List[str]) -> List[str]:
     return out
 
 
-def record_failure(run_dir: Path, error: BaseException) -> str:
+def launcher_command() -> str:
+    """How this run was started, up to its overrides: ``python train.py``, or torchrun's command (a Slurm
+    job's tasks come from the sweep's ``hydra.launcher.*`` overrides, which the resume command keeps)."""
+    where = distributed.launch()
+    if where is None or where.launcher != "torchrun":
+        return "python train.py"
+    if where.world == where.local_world:  # one machine
+        return f"torchrun --standalone --nproc_per_node={where.world} train.py"
+    return (f"torchrun --nnodes={where.world // max(where.local_world, 1)} --nproc_per_node={where.local_world} "
+            f"<the same rendezvous options> train.py")
+
+
+def record_failure(run_dir: Path, error: BaseException, rank: Optional[Tuple[int, int]] = None) -> str:
     """Log ``error`` as one paragraph and write it to ``<run_dir>/failure.txt`` (not into a folder
-    that holds another run: :class:`RunFolderTaken`)."""
+    that holds another run: :class:`RunFolderTaken`). ``rank`` (rank, world): one rank's own failure in a
+    distributed run, added as its line to what the run's other ranks wrote since it started."""
     message = f"{type(error).__name__}: {error}"
+    if rank is not None:
+        message = f"rank {rank[0]} of {rank[1]}: {message}"
     if isinstance(error, RunFolderTaken):
         log.error(message)
         return message
     try:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / FAILURE_FILE).write_text(message + "\n")
+        path = run_dir / FAILURE_FILE
+        fresh = rank is not None and path.is_file() and path.stat().st_mtime >= distributed.started_at()
+        with open(path, "a" if fresh else "w") as f:  # another rank's line of this run stays
+            f.write(message + "\n")
     except OSError as e:  # the disk is full or the folder read-only: the message still goes to the log
         message += f" (It could not be written to {Path(run_dir) / FAILURE_FILE}: {e.strerror}.)"
     log.error(message)
@@ -119,22 +143,37 @@ def run_and_report(train_fn, cfg: Any, run_dir: Path, choices: dict, multirun: b
     In a sweep any other exception is recorded too (its traceback goes to the job's log) and the
     job returns inf, so that one job's crash does not stop the others.
     """
+    where = distributed.launch()  # a distributed run: rank and world (from the environment: the group may be closed)
+    rank = (where.rank, where.world) if where else None
+    follower = where is not None and where.rank > 0
     try:
         return train_fn(cfg, run_dir, choices)
     except ExperimentError as error:
-        if isinstance(error, Interrupted) and is_requeue_signal(error):  # a Slurm job at its time limit
-            error = requeue_or_fail(error, resume_command(error.run_dir))  # requeued: SystemExit, no result
-        elif isinstance(error, Interrupted):
-            error.args = (f"{error} Resume with: {resume_command(error.run_dir)}",)
-            record_failure(error.run_dir, error)
-            raise SystemExit(error.exit_code)  # an interrupt stops a sweep too
-        record_failure(run_dir, error)
-        if multirun:
-            return math.inf
-        raise SystemExit(error.exit_code)
+        # raised by every rank alike (an agreed stop, the same config): rank 0 records it, once
+        alike = isinstance(error, (RunFailed, ConfigError, RunFolderTaken)) and not isinstance(error, distributed.PeerFailed)
+        try:
+            if isinstance(error, Interrupted) and follower:
+                raise SystemExit(error.exit_code)  # rank 0 checkpointed, records it and (Slurm) requeues the job
+            if isinstance(error, Interrupted) and is_requeue_signal(error):  # a Slurm job at its time limit
+                error = requeue_or_fail(error, resume_command(error.run_dir))  # requeued: SystemExit, no result
+            elif isinstance(error, Interrupted):
+                error.args = (f"{error} Resume with: {resume_command(error.run_dir)}",)
+                record_failure(error.run_dir, error)
+                raise SystemExit(error.exit_code)  # an interrupt stops a sweep too
+            if not (follower and alike):
+                record_failure(run_dir, error, None if alike else rank)
+            if multirun:
+                return math.inf
+            raise SystemExit(error.exit_code)
+        finally:
+            distributed.stop(wait=alike)  # after rank 0 has recorded it (torchrun stops the rest once one exits)
     except Exception as error:  # unforeseen (a bug, a module that cannot run): a sweep goes on
+        distributed.stop()  # this rank alone: the others learn it when their next collective fails
+        if rank is not None:
+            record_failure(run_dir, error, rank)
         if not multirun:
             raise
         log.exception("the job failed with an unexpected error; the sweep goes on")  # traceback in the job's log
-        record_failure(run_dir, error)
+        if rank is None:
+            record_failure(run_dir, error)
         return math.inf

@@ -31,10 +31,17 @@ class DivergenceGuard:
     loop calls on steps that log anyway, every ``trainer.check_every`` steps, before a checkpoint
     and at the end of an epoch: the run then stops naming the step where it happened. Any other
     optimizer keeps the same promise with one host read of the loss per step.
+
+    ``agreed`` (a distributed run): every rank's gradients are the same after DDP's all-reduce, and
+    :func:`spread_nonfinite` makes one rank's non-finite loss non-finite gradients on every rank, so each
+    rank's guard sees the same thing at the same step; without a fused optimizer the host read per step
+    then covers the gradients too.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, names: List[str], params: List[torch.nn.Parameter]):
+    def __init__(self, optimizer: torch.optim.Optimizer, names: List[str], params: List[torch.nn.Parameter],
+                 agreed: bool = False):
         self.names, self.params = names, params
+        self.agreed = agreed
         self.on_device = bool(optimizer.defaults.get("fused"))
         device = params[0].device if params else torch.device("cpu")
         self.found_inf = torch.zeros((), device=device)  # 1.0 from the first bad step on (never reset)
@@ -46,13 +53,24 @@ class DivergenceGuard:
     def after_backward(self, step: int, loss: torch.Tensor) -> None:
         """Call between ``backward()`` and ``optimizer.step()``."""
         if not self.on_device:
+            if self.agreed:  # another rank's loss may be the non-finite one: the gradients say so here too
+                self._check_gradients(loss)
+                if self.found_inf.item():
+                    raise self._diverged(step, step, "the loss (of this rank's rows or another's) or a gradient "
+                                                     "is not finite")
+                return
             value = loss.item()
             if not math.isfinite(value):
                 raise self._diverged(step, step, f"the loss is {value}")
             return
-        tensors = [loss.detach().reshape(1)] + [p.grad for p in self.params if p.grad is not None]
-        torch._amp_foreach_non_finite_check_and_unscale_(tensors, self.found_inf, self._one)
+        self._check_gradients(loss)
         self.skipped.add_(self.found_inf)
+
+    def _check_gradients(self, loss: Optional[torch.Tensor] = None) -> None:
+        """Sets ``found_inf`` (sticky) if the loss or a gradient is not finite, on the device."""
+        tensors = ([loss.detach().reshape(1)] if loss is not None else []) + \
+            [p.grad for p in self.params if p.grad is not None]
+        torch._amp_foreach_non_finite_check_and_unscale_(tensors, self.found_inf, self._one)
 
     def check(self, step: int) -> None:
         """Raise :class:`Diverged` if any step up to ``step`` was not finite (one host transfer)."""
@@ -73,6 +91,14 @@ class DivergenceGuard:
             f"(nor since). Lower optim.lr, pick a gentler init (init.std, init.value), clip gradients "
             f"(trainer.clip_grad_norm), or check the data."
         )
+
+
+def spread_nonfinite(loss: torch.Tensor) -> torch.Tensor:
+    """The loss to call ``backward()`` on in a distributed run: ``loss`` itself (times exactly 1), or, where it
+    is not finite, NaN times it, so that every gradient of this rank is NaN, and after DDP's all-reduce every
+    rank's: all ranks' divergence guards then stop at the same step, whichever rank's batch diverged."""
+    finite = torch.isfinite(loss.detach())
+    return loss * torch.where(finite, torch.ones_like(loss), torch.full_like(loss, float("nan"))).detach()
 
 
 FLOAT32_MAX = torch.finfo(torch.float32).max  # a value beyond it is stored as ±inf in TensorBoard's float32

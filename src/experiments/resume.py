@@ -24,7 +24,8 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 FREE = ("trainer.epochs", "trainer.resume", "trainer.resume_changes", "trainer.checkpoint_every", "trainer.device",
-        "trainer.progress_every_s", "trainer.check_every", "telemetry.*", "data.download", "data.download_timeout")
+        "trainer.progress_every_s", "trainer.check_every", "trainer.distributed", "trainer.distributed.*",
+        "telemetry.*", "data.download", "data.download_timeout")
 IMPLEMENTATION = {"fused", "foreach", "capturable", "differentiable"}  # how an optimizer runs, not what it does
 SHOWN = 8  # differing keys named in the message; the rest are counted
 

@@ -36,6 +36,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from hydra.experimental.callback import Callback
 
+from .distributed import launch
 from .errors import ExperimentError, RunFolderTaken, StorageError
 from .runs import CHECKPOINT_DIR, EVENTS, WEIGHTS_FINAL, WEIGHTS_INIT
 
@@ -341,6 +342,8 @@ class RunFolderCheck(Callback):
         self.lock: Optional[RunLock] = None
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        if launch() is not None:  # a distributed run: distributed_run.DistributedRun checks it on rank 0
+            return
         folder = Path(str(config.hydra.run.dir))
         self._check(lambda: check_folder(folder, config.trainer.resume))
         self._claim(folder)

@@ -4,11 +4,17 @@
 
 is three steps of a :class:`Run`: set up (fresh, or resumed from a checkpoint), train epoch by
 epoch, finish (final weights, the value a sweeper minimises).
+
+Under torchrun, or as a Slurm job of several tasks, the run is one model trained by every process
+(``distributed.py``): ``DistributedDataParallel`` averages the gradients, each rank trains on its
+rows of the global batch (``data.batch_size``), rank 0 writes the run folder, and the ranks agree on
+what they log (the monitor reduces it on logged steps), on a divergence and on a signal to stop.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
@@ -19,12 +25,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from . import ddp, distributed
 from .checkpoints import (find_checkpoint, load_training_state, restore_training_state, run_dir_of, save_checkpoint,
                           save_weights)
 from .config import check_optimizer, check_trainer
+from .ddp import StopFlags
+from .distributed import Reducer
 from .errors import ConfigError, Diverged, Interrupted
 from .experiment import build_experiment
-from .guards import DivergenceGuard, InterruptGuard, check_validation
+from .guards import DivergenceGuard, InterruptGuard, check_validation, spread_nonfinite
 from .memory import out_of_memory
 from .objective import CLASSES, evaluate, loss_function, make_optimizer
 from .outputs import predictions
@@ -52,12 +61,22 @@ class Run:
         check_trainer(cfg.trainer)  # every config check happens before the data is loaded and the model built
         check_optimizer(cfg.optim)
         cadences(cfg.telemetry)
+        self.group = distributed.current()  # several processes train this run (train() started the group)
+        self.rank, self.world = (self.group.rank, self.group.world) if self.group else (0, 1)
+        self.writes = self.rank == 0  # rank 0 writes the run folder
+        if self.group:
+            distributed.check_batch(cfg.data.batch_size, self.world)
         self.exp = build_experiment(cfg)  # (it checks the data, model and init sections; nothing is written yet)
         self.model, self.data = self.exp.model, self.exp.data
         named = list(self.model.named_parameters())
         self.names, self.params = [n for n, _ in named], [p for _, p in named]
         self.optimizer = make_optimizer(cfg.optim, self.params)
-        self.guard = DivergenceGuard(self.optimizer, self.names, self.params)
+        self.guard = DivergenceGuard(self.optimizer, self.names, self.params, agreed=self.group is not None)
+        self.forward, self.reducer, self.flags = self.model, None, None  # one process: the model itself
+        if self.group:
+            ddp.check_model(self.model, self.world)
+            self.reducer, self.flags = Reducer(self.world), StopFlags(self.world, self.exp.device)
+            self.forward = ddp.wrap(self.model, self.exp.device, self.flags)
         self.check_every = cfg.trainer.check_every
         self.loss_fn = loss_function(self.data.task)
         self.clip = cfg.trainer.clip_grad_norm
@@ -77,15 +96,21 @@ class Run:
             self.run_dir = run_dir_of(checkpoint)
             state = load_training_state(checkpoint)
             changes = self.check_resume(state, checkpoint, hydra_dir=Path(run_dir))
-        self.lock = RunLock.acquire(self.run_dir)  # one process per run folder
+        self.lock = RunLock.acquire(self.run_dir) if self.writes else None  # one process (rank 0) per run folder
         try:
             self.start(checkpoint, state, changes, choices or {})
         except BaseException:
-            self.lock.release()
+            self.release()
             raise
-        log.info("training %s (%d parameters, %d tied) on %s: %d epochs of %d steps; run folder %s",
-                 cfg.model.name, sum(p.numel() for p in self.params), len(self.exp.manifest), self.exp.device,
+        where = f" in {self.world} processes ({self.group.backend}, {self.data.batch_size // self.world} rows of " \
+                f"each batch of {self.data.batch_size} per process)" if self.group else ""
+        log.info("training %s (%d parameters, %d tied) on %s%s: %d epochs of %d steps; run folder %s",
+                 cfg.model.name, sum(p.numel() for p in self.params), len(self.exp.manifest), self.exp.device, where,
                  cfg.trainer.epochs, self.data.steps_per_epoch(), self.run_dir)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     def check_resume(self, state: Dict, checkpoint: Path, hydra_dir: Path) -> List[Change]:
         """What differs from the checkpoint's config; refused unless ``trainer.resume_changes=allow``."""
@@ -105,9 +130,10 @@ class Run:
     def start(self, checkpoint: Optional[Path], state: Dict, changes: List[Change], choices: Mapping[str, str]):
         """Into the locked run folder: the restored state (resumed) or ``weights_init.pt``, then the monitor."""
         cfg = self.cfg
-        if not cfg.trainer.resume:
+        if not cfg.trainer.resume and self.writes:
             refuse_previous_run(self.run_dir)  # a run folder is one run
-        remove_temporaries(self.run_dir)
+        if self.writes:
+            remove_temporaries(self.run_dir)
         if checkpoint:
             new_optimizer = any(c.key == "optim._target_" for c in changes)
             restore_training_state(state, checkpoint, self.model, None if new_optimizer else self.optimizer,
@@ -121,13 +147,14 @@ class Run:
             if changes:
                 log.warning("resuming with settings that differ from the checkpoint's (trainer.resume_changes=allow):"
                             "\n%s", describe(changes))
-        else:
+        elif self.writes:
             if cfg.trainer.resume == "auto":
                 discard_events(self.run_dir)  # an attempt killed before its first checkpoint: start over
             save_weights(self.model, self.run_dir / WEIGHTS_INIT)
         total_steps = cfg.trainer.epochs * self.data.steps_per_epoch()
         self.monitor = Monitor(self.run_dir, self.model, cfg.telemetry, purge_step=self.step + 1 if checkpoint else None,
-                               classification=self.data.task in CLASSES, uses=self.uses, total_steps=total_steps)
+                               classification=self.data.task in CLASSES, uses=self.uses, total_steps=total_steps,
+                               reducer=self.reducer, rank=self.rank)
         if state.get("telemetry"):
             self.monitor.load_state_dict(state["telemetry"])
             if "epoch_loss_start" in state["telemetry"] and self.skip:  # resumed within an epoch
@@ -168,15 +195,18 @@ class Run:
         self.model.train()
         for x, y in self.data.batches(self.shuffle, self.skip):
             self.step, self.skip = self.step + 1, self.skip + 1
-            self.train_step(x, y)
-            if self.skip >= progress.due:  # the only cost of progress lines on most steps
+            self.train_step(x, y, interrupt.signum)
+            if self.skip >= progress.due and self.writes:  # the only cost of progress lines on most steps
                 progress.check(self.skip)
-            if interrupt.signum:
+            signum, caught = self.flags.agreed() if self.flags else (interrupt.signum, 1)
+            if signum:
                 self.guard.check(self.step)
                 path = self.checkpoint(epoch_start, numbered=False)
-                raise Interrupted(f"stopped by {interrupt.name} at step {self.step}; checkpoint written to {path}.",
-                                  interrupt.signum, self.run_dir)
+                by = f" (caught by {caught} of the {self.world} processes)" if self.group else ""
+                raise Interrupted(f"stopped by {signal.Signals(signum).name}{by} at step {self.step}; checkpoint "
+                                  f"written to {path}.", signum, self.run_dir)
         self.guard.check(self.step)
+        self.monitor.sync()  # distributed: every rank's losses added up
         # the epoch's steps (a resumed epoch's mean counts those before the interruption too)
         epoch_loss = (self.monitor.loss_total - self.epoch_loss_start).item() / max(self.skip, 1)
         self.epoch_loss_start = None
@@ -191,39 +221,57 @@ class Run:
         self.checkpoint(self.shuffle.get_state(), numbered=every > 0 and (self.epoch - 1) % every == 0)
         return metrics
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, signum: Optional[int] = None) -> None:
         """One optimizer step, watched by the monitor (which adds its loss up on the device). A step
-        that logs nothing moves nothing to the host and calls the monitor once."""
-        step = self.step
+        that logs nothing moves nothing to the host and calls the monitor once. Distributed: this rank's
+        rows of the batch (``scale``: see ``distributed.shard``), and ``signum`` (a signal this rank has
+        caught) goes to the other ranks with the gradients."""
+        step, scale = self.step, None
+        if self.group:
+            x, y, scale = ddp.shard(x, y, self.rank, self.world)
+            self.flags.post(signum)
         logs = bool(self.monitor.due(step))
         if logs:
             self.monitor.before_forward(step)
-        out = predictions(self.model(x), self.data.task)  # the logits the task scores (outputs.py)
-        loss = self.loss_fn(out, y)
+        out = predictions(self.forward(x), self.data.task)  # the logits the task scores (outputs.py)
+        loss = self.loss_fn(out, y) if scale is None else self.loss_fn(out, y, reduction="sum") * scale
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (spread_nonfinite(loss) if self.group else loss).backward()
         self.guard.after_backward(step, loss)
         if logs or step % self.check_every == 0:
             self.guard.check(step)  # before anything of a non-finite step is logged
         if logs:
-            self.monitor.after_backward(step)
+            self.monitor.after_backward(step, loss.detach(), out, y, scale)
         if self.clip is not None:
             nn.utils.clip_grad_norm_(self.params, self.clip)
         self.optimizer.step()
         if not logs:
-            self.monitor.quiet_step(loss.detach(), out, y)
+            self.monitor.quiet_step(loss.detach(), out, y, scale)
             return
-        written = self.monitor.after_step(step, loss.detach(), out, y)
+        written = self.monitor.after_step(step)
         if tags.LOSS_TRAIN in written:
             self.train_loss = written[tags.LOSS_TRAIN]
 
     def checkpoint(self, shuffle_state: torch.Tensor, numbered: bool) -> Path:
         """``checkpoints/last.pt`` (and a numbered copy) at the current step. ``shuffle_state`` is
-        the shuffle generator's state at the start of the epoch in progress."""
-        self.monitor.flush()  # what was logged up to here is on disk before the checkpoint that resumes from it
-        path = save_checkpoint(self.run_dir, self.model, self.optimizer, step=self.step, epoch=self.epoch,
-                               batch_in_epoch=self.skip, shuffle_state=shuffle_state,
-                               config_yaml=self.config_yaml, numbered=numbered, telemetry=self.telemetry_state())
+        the shuffle generator's state at the start of the epoch in progress. Distributed: every rank
+        calls it (the monitor gathers each rank's part), rank 0 writes, and the ranks go on (or stop)
+        only once it is written, or all fail if it could not be."""
+        telemetry = self.telemetry_state()
+        path, error = checkpoint_dir(self.run_dir) / LAST, None
+        if self.writes:
+            self.monitor.flush()  # what was logged up to here is on disk before the checkpoint that resumes from it
+            try:
+                path = save_checkpoint(self.run_dir, self.model, self.optimizer, step=self.step, epoch=self.epoch,
+                                       batch_in_epoch=self.skip, shuffle_state=shuffle_state,
+                                       config_yaml=self.config_yaml, numbered=numbered, telemetry=telemetry,
+                                       processes=self.world)
+            except Exception as e:
+                if not self.group:
+                    raise
+                error = e
+        if self.group:
+            distributed.agree_on_failure(error, self.rank, self.world, "writing the checkpoint")
         self.checkpointed = self.step
         return path
 
@@ -245,6 +293,8 @@ class Run:
         """Final weights; a finished run is no longer a failure. Returns the final validation loss."""
         if self.val_loss != self.val_loss:  # resumed a run that had already finished its epochs
             self.val_loss = evaluate(self.model.eval(), self.data)[tags.LOSS_VAL]
+        if not self.writes:
+            return self.val_loss
         save_weights(self.model, self.run_dir / WEIGHTS_FINAL)
         (self.run_dir / FAILURE_FILE).unlink(missing_ok=True)  # a resumed run that finishes is no longer a failure
         log.info("done: loss/train %.6f (the mean since the previous point)  loss/val %.6f; see it with: %s",
@@ -259,9 +309,10 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
     folder). Returns the final validation loss, the number a sweeper minimises.
     """
     resume_if_requeued(cfg)  # a Slurm job requeued at its time limit continues from its checkpoint
+    group = distributed.start(cfg.trainer.distributed.backend, cfg.trainer.device, cfg.trainer.distributed.timeout_s)
     # a full disk or a read-only folder, an allocation that fails: one paragraph naming it
     with storage_errors(run_dir), out_of_memory():
-        run = Run(cfg, run_dir, choices)
+        run = distributed.together(lambda: Run(cfg, run_dir, choices), group, undo=Run.release)
         try:
             with InterruptGuard() as interrupt:
                 try:
@@ -270,10 +321,18 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
                 except Diverged as error:
                     error.args = (f"{error} {run.last_good_state()}",)
                     raise
+                except Exception as error:
+                    peer = distributed.peer_failure(error, group, run.step)  # another rank is gone
+                    if peer is not None:
+                        raise peer from None
+                    raise
                 finally:
                     run.monitor.close()
                     if run.uses:
                         run.uses.close()
-            return run.finish()
+            value = run.finish()
         finally:
-            run.lock.release()
+            run.release()
+    distributed.stop()
+    return value
+

@@ -22,29 +22,34 @@ from .signals import Signal, Watched
 DEAD_UNIT_TYPES = (nn.ReLU, nn.ReLU6)
 
 
-
-
-def mean_std(rows: torch.Tensor):
-    """Each row's mean and (unbiased) standard deviation, from its sum and sum of squares in float64:
-    two fast reductions (torch.std_mean is ~9x slower on the CPU). Digits are lost only where a row's
-    mean exceeds its spread a million-fold, which activations do not do."""
-    n = rows.shape[1]
+def moments(rows: torch.Tensor) -> torch.Tensor:
+    """Each row's sum, sum of squares (float64: two fast reductions; torch.std_mean is ~9x slower on the
+    CPU) and count, as a ``(rows, 3)`` tensor: what ranks add up before the statistics are taken."""
     total = rows.sum(1, dtype=torch.float64)
     squares = torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64).square()
+    return torch.stack([total, squares, torch.full_like(total, rows.shape[1])], dim=1)
+
+
+def mean_std(sums: torch.Tensor):
+    """Mean and (unbiased) standard deviation from :func:`moments` (added up over ranks, or not). Digits are
+    lost only where a mean exceeds its spread a million-fold, which activations do not do."""
+    total, squares, n = sums.unbind(1)
     mean = total / n
-    if n < 2:
-        return mean.float(), torch.zeros_like(mean, dtype=torch.float32)
-    return mean.float(), ((squares - n * mean * mean) / (n - 1)).clamp_min(0).sqrt().float()
+    var = (squares - n * mean * mean) / (n - 1)
+    return mean.float(), torch.where(n > 1, var.clamp_min(0).sqrt(), torch.zeros_like(var)).float()
 
 
 class ActivationStats:
-    """Hooks keep each call's output (detached) on the steps that log; :meth:`collect` computes the
-    statistics of all of them at once, a few tensor operations per group of same-shaped outputs
-    rather than several per module (measured: ~15 µs a module the other way, on the CPU)."""
+    """Hooks keep each call's output (detached) on the steps that log. :meth:`partials` reduces all of
+    them at once, a few tensor operations per group of same-shaped outputs rather than several per module
+    (measured: ~15 µs a module the other way, on the CPU), to sums and counts in the order of the calls
+    (the same on every rank of a distributed run, which adds them up); :meth:`finish` takes the
+    statistics from those."""
 
     def __init__(self, model: nn.Module):
         self.active = False
         self._outputs: List[Tuple[str, bool, torch.Tensor]] = []  # (use name, counts dead units, output)
+        self._layout: List[Tuple[str, int]] = []  # each call's use name and units (0: no dead-unit count)
         leaves = {m: names for m, names in module_sites(model).items() if m is not model and not list(m.children())}
         self._hooks = CallSites(model, leaves, post=self._record)
 
@@ -62,30 +67,62 @@ class ActivationStats:
         self.active, self._outputs = False, []
         self._hooks.remove()
 
-    def collect(self, keep_hooks: bool = False) -> Tuple[List[str], torch.Tensor]:
-        """The tags recorded since ``start`` and one 1-D tensor holding their values. ``keep_hooks``:
-        the next step logs too (putting hooks on hundreds of modules and taking them off costs more
-        than leaving them)."""
+    def partials(self, keep_hooks: bool = False) -> torch.Tensor:
+        """What was recorded since ``start`` as one float64 tensor: each call's sum, sum of squares and count,
+        then, for the calls of a ReLU, how many examples each unit (everything but the batch dimension) is
+        non-zero for. ``keep_hooks``: the next step logs too (putting hooks on hundreds of modules and taking
+        them off costs more than leaving them)."""
         self.active = False
         if not keep_hooks:
             self._hooks.remove()
-        groups: Dict[tuple, List[Tuple[str, torch.Tensor]]] = {}
-        for name, dead, out in self._outputs:
-            groups.setdefault((tuple(out.shape), out.dtype, out.device, dead and out.dim() > 1), []).append((name, out))
-        self._outputs = []
-        found, blocks = [], []
+        records, self._outputs = self._outputs, []
+        groups: Dict[tuple, List[int]] = {}
+        for i, (_, dead, out) in enumerate(records):
+            groups.setdefault((tuple(out.shape), out.dtype, out.device, dead and out.dim() > 1), []).append(i)
+        order, blocks, counts = [], [], [None] * len(records)
         for (shape, _, _, dead), members in groups.items():
             # many small outputs: stacked, a few operations for all; a large one: on its own (no copy)
             chunks = [members] if torch.Size(shape).numel() < 16384 else [[m] for m in members]
             for chunk in chunks:
-                stacked = torch.stack([out for _, out in chunk]) if len(chunk) > 1 else chunk[0][1].unsqueeze(0)
-                columns = list(mean_std(stacked.reshape(len(chunk), -1)))
-                if dead:  # units (everything but the batch dimension) zero for every example
-                    columns.append((stacked == 0).all(dim=1).reshape(len(chunk), -1).float().mean(1))
-                blocks.append(torch.stack(columns, dim=1).reshape(-1))
-                stats = ("mean", "std", "dead_frac")[:len(columns)]
-                found += [tags.activation(name, stat) for name, _ in chunk for stat in stats]
-        return found, torch.cat(blocks) if blocks else torch.zeros(0)
+                stacked = torch.stack([records[i][2] for i in chunk]) if len(chunk) > 1 else records[chunk[0]][2][None]
+                blocks.append(moments(stacked.reshape(len(chunk), -1)))
+                order += chunk
+                if dead:  # per unit: the examples it is not zero for
+                    nonzero = (stacked != 0).sum(dim=1, dtype=torch.float64).reshape(len(chunk), -1)
+                    for j, i in enumerate(chunk):
+                        counts[i] = nonzero[j]
+        self._layout = [(name, 0 if counts[i] is None else counts[i].numel()) for i, (name, _, _) in enumerate(records)]
+        if not records:
+            return torch.zeros(0, dtype=torch.float64)
+        position = torch.empty(len(records), dtype=torch.long)
+        position[torch.tensor(order)] = torch.arange(len(records))
+        sums = torch.cat(blocks)[position.to(blocks[0].device)]  # in the order of the calls
+        return torch.cat([sums.reshape(-1), *(c for c in counts if c is not None)])
+
+    def collect(self, keep_hooks: bool = False) -> Tuple[List[str], torch.Tensor]:
+        """The statistics of this process's outputs since ``start`` (:meth:`partials`, then :meth:`finish`)."""
+        return self.finish(self.partials(keep_hooks))
+
+    def finish(self, partials: torch.Tensor) -> Tuple[List[str], torch.Tensor]:
+        """The tags of the calls :meth:`partials` saw and one 1-D tensor of their values: mean, std and, for
+        a ReLU, the fraction of its units that are zero for every example (dead)."""
+        if not self._layout:
+            return [], torch.zeros(0)
+        n = len(self._layout)
+        mean, std = mean_std(partials[:3 * n].reshape(n, 3))
+        units = [u for _, u in self._layout if u]
+        found = []
+        for name, u in self._layout:
+            found += [tags.activation(name, stat) for stat in (("mean", "std", "dead_frac") if u else ("mean", "std"))]
+        if not units:
+            return found, torch.stack([mean, std], dim=1).reshape(-1)
+        dead = torch.segment_reduce((partials[3 * n:] == 0).float(), "mean", lengths=torch.tensor(units,
+                                    device=partials.device))
+        dead_at = torch.full_like(mean, float("nan"))
+        dead_at[torch.tensor([i for i, (_, u) in enumerate(self._layout) if u], device=mean.device)] = dead
+        values = torch.stack([mean, std, dead_at], dim=1).reshape(-1)
+        keep = torch.tensor([k < 2 or u > 0 for _, u in self._layout for k in range(3)], device=values.device)
+        return found, values[keep]
 
 
 class Activations(Signal):
@@ -96,12 +133,19 @@ class Activations(Signal):
     def __init__(self, watched: Watched):
         super().__init__(watched)
         self.stats = ActivationStats(watched.model)
+        self._partials = None
 
     def before_forward(self, step) -> None:
         self.stats.start()
 
+    def batch_values(self):
+        """Sums and counts of this rank's outputs: a distributed run adds them up over the ranks."""
+        self._partials = self.stats.partials(keep_hooks=self.cadence == 1)
+        return [], [self._partials]
+
     def after_step(self, step, record) -> None:
-        found, values = self.stats.collect(keep_hooks=self.cadence == 1)
+        found, values = self.stats.finish(self._partials)
+        self._partials = None
         if found:
             record.extend(found, values)
 

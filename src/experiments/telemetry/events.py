@@ -151,6 +151,27 @@ class EventFile:
             self._file.close()
 
 
+class NoEvents:
+    """What a rank other than 0 of a distributed run writes to: nothing (rank 0 writes the run's events)."""
+
+    log_dir = None
+
+    def write_event(self, event: Event) -> None:
+        pass
+
+    def write_summary(self, summary: Summary, step: int = 0) -> None:
+        pass
+
+    def write_scalars(self, step: int, tags: Sequence[str], values: Sequence[float]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class ScalarWriter:
     """Collects a step's scalars as device tensors; writes them as one event per run.
 

@@ -1,9 +1,16 @@
 """The monitor: watches one model during training and writes what its signals see to TensorBoard.
 
 The training loop calls ``before_forward``, ``after_backward`` (before ``optimizer.step()``)
-and ``after_step`` every step; the monitor passes each call on to the signals due on that
-step (see ``signals.py``) and writes the step's scalars as one event. It also writes what a
-run logs once: the config, the ties, the summary (``text``) and the hparams.
+and ``after_step`` on the steps something is due, ``quiet_step`` on the others; the monitor
+passes each call on to the signals due on that step (see ``signals.py``) and writes the step's
+scalars as one event. It also writes what a run logs once: the config, the ties, the summary
+(``text``) and the hparams.
+
+In a distributed run (``reducer`` given) every rank has a monitor and only rank 0's writes. On a
+due step, ``after_backward`` (given the step's loss) reduces what the due signals hand over (the
+loss and accuracy since the last reduction, activation sums and counts, each use's gradient) as
+one flat tensor: one collective per logged step, none on quiet steps. ``sync`` adds the ranks'
+losses up at an epoch's end.
 """
 
 from __future__ import annotations
@@ -15,11 +22,12 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from ..distributed import Reducer
 from ..errors import ConfigError
 from ..tying import tie_groups
 from ..uses import UseViews
 from . import activations, tied  # noqa: F401  (importing them registers their signals)
-from .events import EventFile, ScalarWriter
+from .events import EventFile, NoEvents, ScalarWriter
 from .protos import hparams, text
 from .signals import SIGNALS, Signal, Watched
 
@@ -46,18 +54,24 @@ def cadences(cfg: DictConfig, total_steps: Optional[int] = None) -> Dict[str, in
 
 class Monitor:
     def __init__(self, run_dir: Path, model: nn.Module, cfg: DictConfig, purge_step: Optional[int] = None,
-                 classification: bool = False, uses: Optional[UseViews] = None, total_steps: Optional[int] = None):
+                 classification: bool = False, uses: Optional[UseViews] = None, total_steps: Optional[int] = None,
+                 reducer: Optional[Reducer] = None, rank: int = 0):
         self._every = cadences(cfg, total_steps)
         self._last = total_steps or 0  # every signal also logs the last step: the final value is final
+        self.reducer, self.rank, self.writes = reducer, rank, rank == 0
         # purge_step: a resumed run drops what the interrupted one wrote after its checkpoint
-        self.events = EventFile(run_dir, purge_step=purge_step)
+        self.events = EventFile(run_dir, purge_step=purge_step) if self.writes else NoEvents()
         self.record = ScalarWriter(self.events)
         named = list(model.named_parameters())
         self._run_dir, self._purge_step, self._sub_runs = Path(run_dir), purge_step, {}
         device = named[0][1].device if named else torch.device("cpu")
         self.loss_total = torch.zeros((), dtype=torch.float64, device=device)  # every step's loss, added up
+        # distributed: this rank's losses since the last reduction (their mean over ranks is the global part)
+        self.loss_local = torch.zeros_like(self.loss_total) if reducer is not None else self.loss_total
+        self._added = 0  # the step whose loss after_backward already added
         watched = Watched(model, [n for n, _ in named], [p for _, p in named], uses.groups if uses else tie_groups(model),
-                          classification, self.events, self.loss_total, uses, self.sub_run)
+                          classification, self.events, self.loss_total, uses, self.sub_run, self.loss_local,
+                          self.writes, reducer)
         self.signals: Dict[str, Signal] = {
             name: SIGNALS[name](watched) for name, every in self._every.items()
             if every and SIGNALS[name].applies(watched)
@@ -70,7 +84,8 @@ class Monitor:
     def sub_run(self, name: str) -> EventFile:
         """The event file of the sub-run ``<run>/<name>`` (TensorBoard shows it as a run of its own)."""
         if name not in self._sub_runs:
-            self._sub_runs[name] = EventFile(self._run_dir / name, purge_step=self._purge_step)
+            self._sub_runs[name] = EventFile(self._run_dir / name, purge_step=self._purge_step) if self.writes \
+                else NoEvents()
         return self._sub_runs[name]
 
     def due(self, step: int) -> List[Signal]:
@@ -88,31 +103,71 @@ class Monitor:
             if self.signals else 1 << 62
         return self._due
 
-    def quiet_step(self, loss, output: Optional[torch.Tensor] = None, target: Optional[torch.Tensor] = None) -> None:
+    def quiet_step(self, loss, output: Optional[torch.Tensor] = None, target: Optional[torch.Tensor] = None,
+                   scale: Optional[float] = None) -> None:
         """All a step on which no signal is due needs: its loss added to the running total, on the device
-        (and what the per-step signals keep, e.g. the training accuracy)."""
-        self.loss_total.add_(loss)
+        (and what the per-step signals keep, e.g. the training accuracy). ``scale``: see ``Signal.every_step``."""
+        self.loss_local.add_(loss)
         for signal in self._per_step:
-            signal.every_step(loss, output, target)
+            signal.every_step(loss, output, target, scale)
 
     def before_forward(self, step: int) -> None:
         for signal in self.due(step):
             signal.before_forward(step)
 
-    def after_backward(self, step: int) -> None:
-        """Record what the gradients look like (call before ``optimizer.step()``)."""
+    def after_backward(self, step: int, loss=None, output: Optional[torch.Tensor] = None,
+                       target: Optional[torch.Tensor] = None, scale: Optional[float] = None) -> None:
+        """Record what the gradients look like (call before ``optimizer.step()``). With the step's ``loss``
+        (which a distributed run must give here) it is added up here rather than in ``after_step``; what
+        the due signals hand over is reduced across ranks, one collective."""
+        if loss is not None:
+            self.quiet_step(loss, output, target, scale)
+            self._added = step
         due = self.due(step)
         if due:
             with torch.no_grad():
+                self._reduce(due)
                 for signal in due:
                     signal.after_backward(step, self.record)
 
-    def after_step(self, step: int, loss, output: Optional[torch.Tensor] = None,
-                   target: Optional[torch.Tensor] = None) -> Dict[str, float]:
-        """Record the loss (a detached device tensor; a float works too) and what the due signals see
-        after ``optimizer.step()``; write the step's event. Returns what was written. A quiet step
-        only adds the loss to the running total, on the device."""
-        self.quiet_step(loss, output, target)
+    def _reduce(self, due: List[Signal]) -> None:
+        """The due signals' batch-dependent values, across ranks (nothing to do in one process)."""
+        means, sums = [], []
+        for signal in due:
+            m, s = signal.batch_values()
+            means += m
+            sums += s
+        if self.reducer is None:
+            return
+        means += self._use_gradients(due)
+        self.reducer.reduce_(means, sums)
+        if self.signals.get("loss") in due:  # loss_local went into this reduction: the total is the ranks' now
+            self.loss_total.add_(self.loss_local)
+            self.loss_local.zero_()
+
+    def _use_gradients(self, due: List[Signal]) -> List[torch.Tensor]:
+        """Each use's gradient the tied signal captured on this step (this rank's rows), in an order every
+        rank shares. (The per-use lens will hand these over itself, as a signal's ``batch_values``.)"""
+        tied_signal = self.signals.get("tied")
+        if tied_signal not in due:
+            return []
+        grads = tied_signal.uses.grads
+        return [grads[name][use] for name in sorted(grads) for use in sorted(grads[name])]
+
+    def sync(self) -> None:
+        """Add up the ranks' losses into ``loss_total`` (distributed: one collective; at an epoch's end)."""
+        if self.reducer is not None:
+            self.reducer.mean_([self.loss_local])
+            self.loss_total.add_(self.loss_local)
+            self.loss_local.zero_()
+
+    def after_step(self, step: int, loss=None, output: Optional[torch.Tensor] = None,
+                   target: Optional[torch.Tensor] = None, scale: Optional[float] = None) -> Dict[str, float]:
+        """Record the loss (a detached device tensor; a float works too) unless ``after_backward`` had it, and
+        what the due signals see after ``optimizer.step()``; write the step's event. Returns what was
+        written. A quiet step only adds the loss to the running total, on the device."""
+        if loss is not None and self._added != step:
+            self.quiet_step(loss, output, target, scale)
         due = self.due(step)
         if not due:
             return {}
@@ -122,16 +177,33 @@ class Monitor:
             return self.record.flush(step)
 
     def state_dict(self) -> Dict[str, object]:
-        """What a checkpoint keeps (the running loss, each signal's state): a resumed run logs what an
+        """What a checkpoint keeps (the running loss, each signal's state, and every rank's part not yet
+        reduced: a collective in a distributed run, so every rank calls it): a resumed run logs what an
         uninterrupted one would, e.g. the first loss/train point after it averages the same steps."""
         states = {name: s.state_dict() for name, s in self.signals.items()}
-        return {"loss_total": float(self.loss_total), "signals": {name: s for name, s in states.items() if s}}
+        mine = {"loss_local": 0.0 if self.loss_local is self.loss_total else float(self.loss_local),
+                "signals": {name: part for name, s in self.signals.items() if (part := s.rank_state())}}
+        ranks = self.reducer.gather(mine) if self.reducer is not None else [mine]
+        return {"loss_total": float(self.loss_total), "signals": {name: s for name, s in states.items() if s},
+                "ranks": ranks}
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """A checkpoint's state; written by another number of processes, each rank's unreduced part is
+        combined (the global values are the same, only where they are kept differs)."""
         self.loss_total.fill_(state["loss_total"])
         for name, saved in state.get("signals", {}).items():
             if name in self.signals:
                 self.signals[name].load_state_dict(saved)
+        ranks = list(state.get("ranks") or [])
+        if not ranks:
+            return
+        world = self.reducer.world if self.reducer is not None else 1
+        if len(ranks) == world:  # the same number of processes: each takes its own part back
+            self.loss_local.add_(ranks[self.rank]["loss_local"])  # (adds to loss_total in one process)
+        else:
+            self.loss_total.add_(sum(r["loss_local"] for r in ranks) / len(ranks))
+        for name, signal in self.signals.items():
+            signal.load_rank_state([r.get("signals", {}).get(name, {}) for r in ranks], self.rank, world)
 
     def epoch_end(self, step: int, metrics: Mapping[str, float]) -> None:
         self.events.write_scalars(step, list(metrics), list(metrics.values()))

@@ -17,20 +17,27 @@ value is final) and every ``every`` steps in between. ``every: null`` (the defau
 explicit ``every`` wins.
 
 The monitor calls, on the steps a signal is due:
-``before_forward(step)``, ``after_backward(step, record)`` (gradients present, weights not yet
-updated) and ``after_step(step, record)`` (after ``optimizer.step()``). ``record`` collects
-the step's scalars (see ``events.ScalarWriter``); they reach the host in one transfer. A signal
-that must see every step (the loss) overrides ``every_step``.
+``before_forward(step)``, ``batch_values()``, ``after_backward(step, record)`` (gradients present,
+weights not yet updated) and ``after_step(step, record)`` (after ``optimizer.step()``). ``record``
+collects the step's scalars (see ``events.ScalarWriter``); they reach the host in one transfer. A
+signal that must see every step (the loss) overrides ``every_step``.
+
+In a distributed run (``distributed.py``) every rank runs the same signals; only rank 0 writes. What
+depends on a rank's own rows of the batch, a signal hands over in ``batch_values()`` (means, sums):
+the monitor reduces what all due signals hand over as one flat tensor per step, in place, before
+their ``after_backward``. Norms, update ratios and histograms come from DDP's averaged ``.grad`` and
+the weights, the same on every rank: nothing to reduce.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Type
+from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
 
+from ..distributed import Reducer
 from ..tying import TieGroup
 from ..uses import UseViews
 from . import tags
@@ -60,6 +67,9 @@ class Watched:
     loss_total: Optional[torch.Tensor] = None  # the run's losses added up (float64, on the device)
     uses: Optional[UseViews] = None  # the per-use views of the tied parameters, if the run made them
     sub_run: Optional[Callable[[str], EventFile]] = None  # the event file of the sub-run <run>/<name>
+    loss_local: Optional[torch.Tensor] = None  # this rank's losses since the last reduction (distributed), else loss_total
+    writes: bool = True  # False on ranks other than 0 of a distributed run: computed, not written
+    reducer: Optional[Reducer] = None  # a distributed run's (distributed.Reducer); better: hand values over in batch_values
 
 
 SIGNALS: Dict[str, Type["Signal"]] = {}
@@ -89,8 +99,17 @@ class Signal:
         """Whether :meth:`every_step` must run on every step, due or not."""
         return False
 
-    def every_step(self, loss, output: Optional[torch.Tensor], target: Optional[torch.Tensor]) -> None:
-        """Called after every step, due or not, for the signals that :meth:`watches_every_step`."""
+    def every_step(self, loss, output: Optional[torch.Tensor], target: Optional[torch.Tensor],
+                   scale: Optional[float] = None) -> None:
+        """Called after every step, due or not, for the signals that :meth:`watches_every_step`. ``scale``:
+        None when the batch's mean is a plain mean; else what turns a sum over this rank's targets into its
+        part of the global batch's mean (a distributed run's uneven last batch: ``distributed.shard``)."""
+
+    def batch_values(self) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Called on due steps before :meth:`after_backward`: the tensors that depend on this rank's rows of
+        the batch, as (means, sums). In a distributed run they are averaged (means) or added up (sums)
+        across ranks in place; in one process they are left as they are."""
+        return [], []
 
     def state_dict(self) -> Dict[str, object]:
         """What a checkpoint keeps of this signal, so that a resumed run logs what an uninterrupted one would."""
@@ -98,6 +117,14 @@ class Signal:
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         pass
+
+    def rank_state(self) -> Dict[str, object]:
+        """What a checkpoint keeps of this rank's own part (values of its rows not yet reduced); a checkpoint
+        holds every rank's."""
+        return {}
+
+    def load_rank_state(self, states: List[Dict[str, object]], rank: int, world: int) -> None:
+        """Every rank's saved part; from another number of ranks (``len(states) != world``), combined."""
 
     def before_forward(self, step: int) -> None:
         pass
@@ -177,10 +204,15 @@ class Loss(Signal):
     def watches_every_step(self) -> bool:
         return self.watched.classification  # the loss itself is the monitor's running total: no work here
 
-    def every_step(self, loss, output, target) -> None:
+    def every_step(self, loss, output, target, scale=None) -> None:
         if output is not None:
-            acc = (output.detach().argmax(-1) == target).float().mean()
+            right = (output.detach().argmax(-1) == target).float()
+            acc = right.mean() if scale is None else right.sum() * scale
             self._acc = acc if self._acc is None else self._acc + acc
+
+    def batch_values(self):
+        """This rank's losses since the last reduction, and its accuracy since the last point."""
+        return [self.watched.loss_local] + ([self._acc] if self._acc is not None else []), []
 
     def after_step(self, step, record) -> None:
         total, steps = self.watched.loss_total, step - self._last_step
@@ -192,6 +224,19 @@ class Loss(Signal):
 
     def state_dict(self):
         return {"last_total": float(self._last_total), "last_step": self._last_step}
+
+    def rank_state(self):
+        return {"acc": None if self._acc is None else float(self._acc)}
+
+    def load_rank_state(self, states, rank, world):
+        """The accuracy since the last point; from another number of ranks, their mean (each rank's part is
+        scaled so that the mean over ranks is the global value: every new rank gets that value)."""
+        accs = [s.get("acc") for s in states]
+        if len(states) == world:
+            acc = accs[rank]
+        else:
+            acc = sum(a for a in accs if a is not None) / len(states) if any(a is not None for a in accs) else None
+        self._acc = None if acc is None else torch.tensor(acc, device=self.watched.loss_total.device)
 
     def load_state_dict(self, state):
         self._last_total.fill_(state["last_total"])
@@ -271,10 +316,14 @@ class Histograms(Signal):
     name, points = "histograms", 5
 
     def after_backward(self, step, record) -> None:
+        if not self.watched.writes:  # another rank writes them
+            return
         for name, p in zip(self.watched.names, self.watched.params):
             if p.grad is not None:
                 self.watched.events.write_summary(histogram(tags.grad_histogram(name), p.grad), step)
 
     def after_step(self, step, record) -> None:
+        if not self.watched.writes:
+            return
         for name, p in zip(self.watched.names, self.watched.params):
             self.watched.events.write_summary(histogram(tags.param_histogram(name), p), step)

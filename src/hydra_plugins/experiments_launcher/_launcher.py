@@ -11,7 +11,11 @@ It submits the sweep as its plugin does (one job array), then, instead of waitin
   limit without requeue) as a failed job: ``failure.txt`` in its folder with the command that
   resumes it, and ``inf`` for the sweeper, so the other jobs' results still count;
 - warns once where sacct does not answer (``_sacct``);
-- cancels its jobs when the sweep is interrupted (Ctrl-C).
+- cancels its jobs when the sweep is interrupted (Ctrl-C);
+- runs a job of several tasks (``hydra.launcher.tasks_per_node`` x ``nodes``) as one distributed run: every
+  task trains the job's one model (``experiments.distributed`` starts the process group from Slurm's
+  environment), rank 0 writes the job's folder (the others get ``distributed_run.quiet_rank``), and the
+  job's result is rank 0's.
 
 The instance is also what each job runs (submitit pickles it), so this module must import in the
 jobs: the project's ``src/`` is installed (``pip install .`` or ``-e .``) or on ``PYTHONPATH``.
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf
@@ -80,6 +84,28 @@ class ClusterLauncher(SlurmLauncher):
         self.progress_every_s = float(params.pop("progress_every_s", 60.0))
         self.poll_every_s = float(params.pop("poll_every_s", 5.0))
         super().__init__(**params)
+
+    # ------------------------------------------------------------------------------- in the job
+    def __call__(self, sweep_overrides: List[str], job_dir_key: str, job_num: int, job_id: str,
+                 singleton_state: Dict[type, Singleton]) -> JobReturn:
+        """One task of a job: submitit_slurm's, except that a task of rank > 0 of a distributed job writes no
+        ``.hydra/`` and no log file into the job's folder (rank 0 does)."""
+        import submitit
+
+        from experiments.distributed import launch
+        from experiments.distributed_run import quiet_rank
+
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, sweep_overrides)
+        with open_dict(sweep_config.hydra.job) as job:
+            job.id = submitit.JobEnvironment().job_id
+            sweep_config.hydra.job.num = job_num
+        where = launch()
+        if where is not None and where.rank > 0:
+            quiet_rank(sweep_config, where.rank)
+        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=sweep_config,
+                       job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
 
     # ---------------------------------------------------------------------------------- submitting
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -208,7 +234,7 @@ class ClusterLauncher(SlurmLauncher):
             lost = None
         if lost is None:
             try:
-                return job.results()[0]
+                return job.task(0).results()[0]  # a distributed job's result is rank 0's
             except submitit.core.utils.UncompletedJobError as error:  # FailedJobError: it raised outside train.py
                 lost, why = "FAILED", f"it raised before or after train.py's own error handling: {last_error(error)}"
         else:

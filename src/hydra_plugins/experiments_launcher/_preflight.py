@@ -121,6 +121,10 @@ def request_problems(params: Mapping[str, object], nodes: List[Node]) -> List[st
     if gpus > max(n.gpus for n in nodes):
         problems.append(f"hydra.launcher.gpus_per_node={gpus}: the nodes of partition {partition} have at most "
                         f"{max(n.gpus for n in nodes)} GPUs")
+    tasks = _int(params.get("tasks_per_node"), 1)
+    if 0 < gpus < tasks:
+        problems.append(f"hydra.launcher.tasks_per_node={tasks} with gpus_per_node={gpus}: each process of a "
+                        f"distributed job takes the GPU of its local rank; ask for as many GPUs as tasks per node")
     if _int(params.get("nodes"), 1) > len(nodes):
         problems.append(f"hydra.launcher.nodes={params.get('nodes')}: partition {partition} has {len(nodes)} node(s)")
     limit = nodes[0].time_limit_min
