@@ -110,6 +110,11 @@ class TrainerConfig:
     progress_every_s: float = 10.0  # a progress line (step/steps, rate, ETA) within an epoch this often; 0: none
     clip_grad_norm: Optional[float] = None  # clip the total gradient norm to this (grad_norm/total logs it before)
     check_every: int = 100  # steps between checks for a non-finite loss or gradient (also on every logged step)
+    compile: bool = False  # torch.compile the model for the steps that log nothing (logged steps run it eagerly)
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the forward pass and loss to bfloat16)
+
+
+PRECISIONS = ("fp32", "bf16")
 
 
 def check_trainer(cfg: DictConfig) -> None:
@@ -122,6 +127,8 @@ def check_trainer(cfg: DictConfig) -> None:
     if cfg.check_every < 1:
         raise ConfigError(f"trainer.check_every={cfg.check_every}: must be at least 1 (steps between checks "
                           f"for a non-finite loss or gradient).")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={cfg.precision!r}: use {' or '.join(PRECISIONS)}.")
     if cfg.clip_grad_norm is not None and not cfg.clip_grad_norm > 0:
         raise ConfigError(f"trainer.clip_grad_norm={cfg.clip_grad_norm}: must be a positive norm (or null: no "
                           f"clipping).")

@@ -33,10 +33,10 @@ from .runs import FAILURE_FILE, LAST, WEIGHTS_FINAL, WEIGHTS_INIT, checkpoint_di
 from .slurm import resume_if_requeued
 from .summary import summary_markdown
 from .telemetry import tags
-from .telemetry.monitor import Monitor, cadences
+from .telemetry.monitor import cadences
 from .telemetry.summaries import hparam_values, swept_keys, ties_markdown
-from .tying import tie_groups
-from .uses import UseViews
+from .lens import Lens
+from .uses import discover_uses
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,10 @@ class Run:
         self.check_every = cfg.trainer.check_every
         self.loss_fn = loss_function(self.data.task)
         self.clip = cfg.trainer.clip_grad_norm
-        groups = tie_groups(self.model)  # the per-use views: model.grad_scale on every step, telemetry on some
-        self.uses = UseViews(self.model, groups, cfg.model.grad_scale) if groups or cfg.model.grad_scale else None
+        if cfg.model.grad_scale:  # a scaled use that the model does not have: refused before anything is written
+            discover_uses(self.model, self.data.sample_batch(), cfg.model.grad_scale)
+        self.compiled = self.compile(cfg)
+        self.autocast = cfg.trainer.precision == "bf16"
         self.shuffle = torch.Generator().manual_seed(cfg.trainer.seed + 1)
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         self.step, self.epoch, self.skip, self.val_loss = 0, 1, 0, float("nan")
@@ -123,8 +125,10 @@ class Run:
                 discard_events(self.run_dir)  # an attempt killed before its first checkpoint: start over
             save_weights(self.model, self.run_dir / WEIGHTS_INIT)
         total_steps = cfg.trainer.epochs * self.data.steps_per_epoch()
-        self.monitor = Monitor(self.run_dir, self.model, cfg.telemetry, purge_step=self.step + 1 if checkpoint else None,
-                               classification=self.data.task in CLASSES, uses=self.uses, total_steps=total_steps)
+        self.lens = Lens(self.model, self.run_dir, cfg.telemetry, grad_scale=cfg.model.grad_scale,
+                         total_steps=total_steps, purge_step=self.step + 1 if checkpoint else None,
+                         classification=self.data.task in CLASSES, first_step=self.step + 1)
+        self.monitor = self.lens.monitor
         if state.get("telemetry"):
             self.monitor.load_state_dict(state["telemetry"])
             if "epoch_loss_start" in state["telemetry"] and self.skip:  # resumed within an epoch
@@ -188,31 +192,39 @@ class Run:
         self.checkpoint(self.shuffle.get_state(), numbered=every > 0 and (self.epoch - 1) % every == 0)
         return metrics
 
+    def compile(self, cfg: DictConfig) -> Optional[nn.Module]:
+        """``trainer.compile``: the compiled model, for the steps that log nothing (the lens sees no use
+        inside a compiled graph, so the steps that log run the model eagerly: same values)."""
+        if not cfg.trainer.compile:
+            return None
+        if cfg.model.grad_scale:
+            raise ConfigError(f"trainer.compile=true with model.grad_scale={dict(cfg.model.grad_scale)}: the scale "
+                              f"acts on every step, and inside a compiled graph no use of a parameter can be told "
+                              f"apart. Drop one of the two (trainer.compile=false keeps the scale).")
+        return torch.compile(self.model)
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One optimizer step, watched by the monitor (which adds its loss up on the device). A step
-        that logs nothing moves nothing to the host and calls the monitor once."""
+        """One optimizer step, watched by the lens (which adds its loss up on the device). A step
+        that logs nothing moves nothing to the host."""
         step = self.step
-        logs = bool(self.monitor.due(step))
-        if logs:
-            self.monitor.before_forward(step)
-        out = self.model(x)
-        loss = self.loss_fn(out, y)
+        logs = self.lens.due(step)
+        model = self.compiled if self.compiled is not None and not logs else self.model
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            out = model(x)
+            loss = self.loss_fn(out, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.guard.after_backward(step, loss)
         if logs or step % self.check_every == 0:
             self.guard.check(step)  # before anything of a non-finite step is logged
-        if logs:
-            self.monitor.after_backward(step)
+        self.lens.step(step, loss.detach(), out, y)
         if self.clip is not None:
             nn.utils.clip_grad_norm_(self.params, self.clip)
         self.optimizer.step()
-        if not logs:
-            self.monitor.quiet_step(loss.detach(), out, y)
-            return
-        written = self.monitor.after_step(step, loss.detach(), out, y)
-        if tags.LOSS_TRAIN in written:
-            self.train_loss = written[tags.LOSS_TRAIN]
+        if logs:
+            written = self.lens.finish()
+            if tags.LOSS_TRAIN in written:
+                self.train_loss = written[tags.LOSS_TRAIN]
 
     def checkpoint(self, shuffle_state: torch.Tensor, numbered: bool) -> Path:
         """``checkpoints/last.pt`` (and a numbered copy) at the current step. ``shuffle_state`` is
@@ -267,9 +279,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
                     error.args = (f"{error} {run.last_good_state()}",)
                     raise
                 finally:
-                    run.monitor.close()
-                    if run.uses:
-                        run.uses.close()
+                    run.lens.close()
             return run.finish()
         finally:
             run.lock.release()

@@ -15,7 +15,7 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
-from ..uses import CallSites, module_sites
+from ..uses import ModuleCalls
 from . import tags
 from .signals import Signal, Watched
 
@@ -45,22 +45,23 @@ class ActivationStats:
     def __init__(self, model: nn.Module):
         self.active = False
         self._outputs: List[Tuple[str, bool, torch.Tensor]] = []  # (use name, counts dead units, output)
-        leaves = {m: names for m, names in module_sites(model).items() if m is not model and not list(m.children())}
-        self._hooks = CallSites(model, leaves, post=self._record)
+        self._leaves = {m for m in model.modules() if m is not model and not list(m.children())}
+        self._calls = ModuleCalls(model, post=self._record)
 
-    def _record(self, module: nn.Module, args, output) -> None:
-        if self.active and isinstance(output, torch.Tensor):
-            self._outputs.append((self._hooks.next_site(module), isinstance(module, DEAD_UNIT_TYPES), output.detach()))
+    def _record(self, module: nn.Module, site: str, output) -> None:
+        if (self.active and module in self._leaves and isinstance(output, torch.Tensor)
+                and torch.is_grad_enabled()):  # (not an evaluation pass)
+            self._outputs.append((site, isinstance(module, DEAD_UNIT_TYPES), output.detach()))
 
     def start(self) -> None:
         self._outputs = []
-        self._hooks.install()
+        self._calls.start()
         self.active = True
 
     def close(self) -> None:
         """Hooks out, nothing kept."""
         self.active, self._outputs = False, []
-        self._hooks.remove()
+        self._calls.stop()
 
     def collect(self, keep_hooks: bool = False) -> Tuple[List[str], torch.Tensor]:
         """The tags recorded since ``start`` and one 1-D tensor holding their values. ``keep_hooks``:
@@ -68,7 +69,7 @@ class ActivationStats:
         than leaving them)."""
         self.active = False
         if not keep_hooks:
-            self._hooks.remove()
+            self._calls.stop()
         groups: Dict[tuple, List[Tuple[str, torch.Tensor]]] = {}
         for name, dead, out in self._outputs:
             groups.setdefault((tuple(out.shape), out.dtype, out.device, dead and out.dim() > 1), []).append((name, out))
@@ -100,7 +101,7 @@ class Activations(Signal):
     def before_forward(self, step) -> None:
         self.stats.start()
 
-    def after_step(self, step, record) -> None:
+    def after_backward(self, step, record) -> None:  # (the forward's outputs, before the next step is armed)
         found, values = self.stats.collect(keep_hooks=self.cadence == 1)
         if found:
             record.extend(found, values)

@@ -16,8 +16,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ..errors import ConfigError
-from ..tying import tie_groups
-from ..uses import UseViews
+from ..uses import Uses
 from . import activations, tied  # noqa: F401  (importing them registers their signals)
 from .events import EventFile, ScalarWriter
 from .protos import hparams, text
@@ -46,7 +45,8 @@ def cadences(cfg: DictConfig, total_steps: Optional[int] = None) -> Dict[str, in
 
 class Monitor:
     def __init__(self, run_dir: Path, model: nn.Module, cfg: DictConfig, purge_step: Optional[int] = None,
-                 classification: bool = False, uses: Optional[UseViews] = None, total_steps: Optional[int] = None):
+                 classification: bool = False, uses: Optional[Uses] = None, total_steps: Optional[int] = None,
+                 reduce=None):
         self._every = cadences(cfg, total_steps)
         self._last = total_steps or 0  # every signal also logs the last step: the final value is final
         # purge_step: a resumed run drops what the interrupted one wrote after its checkpoint
@@ -56,8 +56,10 @@ class Monitor:
         self._run_dir, self._purge_step, self._sub_runs = Path(run_dir), purge_step, {}
         device = named[0][1].device if named else torch.device("cpu")
         self.loss_total = torch.zeros((), dtype=torch.float64, device=device)  # every step's loss, added up
-        watched = Watched(model, [n for n, _ in named], [p for _, p in named], uses.groups if uses else tie_groups(model),
-                          classification, self.events, self.loss_total, uses, self.sub_run)
+        if uses is None and self._every.get("tied"):
+            uses = Uses(model)
+        watched = Watched(model, [n for n, _ in named], [p for _, p in named], classification, self.events,
+                          self.loss_total, uses, self.sub_run, reduce)
         self.signals: Dict[str, Signal] = {
             name: SIGNALS[name](watched) for name, every in self._every.items()
             if every and SIGNALS[name].applies(watched)
@@ -78,20 +80,25 @@ class Monitor:
         On a quiet step this is one integer comparison."""
         if step == self._step:
             return self._due
+        if step < self._step:  # a step already passed (the lens writing a logged step after its update)
+            return [s for name, s in self.signals.items() if self._at(name, step)]
         self._step = step
         if step < self._next and step != self._last:
             self._due = []
             return self._due
-        at = lambda name: step == 1 or step % self._every[name] == 0 or step == self._last  # noqa: E731
-        self._due = [s for name, s in self.signals.items() if at(name)]
+        self._due = [s for name, s in self.signals.items() if self._at(name, step)]
         self._next = min((step // n + 1) * n for n in (self._every[name] for name in self.signals)) \
             if self.signals else 1 << 62
         return self._due
 
+    def _at(self, name: str, step: int) -> bool:
+        return step == 1 or step % self._every[name] == 0 or step == self._last
+
     def quiet_step(self, loss, output: Optional[torch.Tensor] = None, target: Optional[torch.Tensor] = None) -> None:
         """All a step on which no signal is due needs: its loss added to the running total, on the device
         (and what the per-step signals keep, e.g. the training accuracy)."""
-        self.loss_total.add_(loss)
+        if loss is not None:
+            self.loss_total.add_(loss)
         for signal in self._per_step:
             signal.every_step(loss, output, target)
 
@@ -132,6 +139,14 @@ class Monitor:
         for name, saved in state.get("signals", {}).items():
             if name in self.signals:
                 self.signals[name].load_state_dict(saved)
+
+    def drop(self, name: str) -> None:
+        """Stop a signal for the rest of the run (``watch()`` without a loss has no loss to log)."""
+        signal = self.signals.pop(name, None)
+        if signal is not None:
+            signal.close()
+            self._per_step = [s for s in self._per_step if s is not signal]
+            self._step = 0  # what is due is worked out again
 
     def epoch_end(self, step: int, metrics: Mapping[str, float]) -> None:
         self.events.write_scalars(step, list(metrics), list(metrics.values()))

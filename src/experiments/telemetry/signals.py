@@ -31,8 +31,7 @@ from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Type
 import torch
 from torch import nn
 
-from ..tying import TieGroup
-from ..uses import UseViews
+from ..uses import Uses
 from . import tags
 from .events import EventFile, ScalarWriter
 from .protos import histogram
@@ -49,17 +48,17 @@ class SignalConfig:
 
 @dataclass
 class Watched:
-    """What every signal sees: the model, its unique parameters, its ties, the run's event file."""
+    """What every signal sees: the model, its unique parameters and their uses, the run's event file."""
 
     model: nn.Module
     names: List[str]  # as named_parameters() names them
     params: List[nn.Parameter]
-    groups: List[TieGroup]  # the tied parameters
     classification: bool
     events: EventFile
     loss_total: Optional[torch.Tensor] = None  # the run's losses added up (float64, on the device)
-    uses: Optional[UseViews] = None  # the per-use views of the tied parameters, if the run made them
+    uses: Optional[Uses] = None  # the uses of the parameters (experiments.uses), found on the steps that log
     sub_run: Optional[Callable[[str], EventFile]] = None  # the event file of the sub-run <run>/<name>
+    reduce: Optional[Callable[[List[torch.Tensor]], None]] = None  # distributed: averages tensors across processes
 
 
 SIGNALS: Dict[str, Type["Signal"]] = {}
