@@ -19,7 +19,7 @@ LAYERS = [  # bottom first; names relative to the package, globs allowed
     ["tying", "uses", "layers", "objective", "models", "initialization", "summary", "data", "data.*", "runs", "checkpoints",
      "guards", "progress", "run_folder", "resume", "slurm"],  # parts
     ["telemetry.*"],  # watching a model train
-    ["experiment", "config", "cli_help"],  # an experiment set up from its config
+    ["experiment", "config", "cli_help", "lens"],  # an experiment set up from its config; the public lens
     ["training"],  # the loop
     ["failures", "sweeps", "report", "report_figures", "inspection", "benchmark", "benchmark_lightning"],  # what runs or reads runs
     ["hydra_plugins.experiments_launcher*"],  # the Slurm launcher Hydra loads (src/hydra_plugins/)
