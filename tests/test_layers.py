@@ -8,7 +8,7 @@ from torch import nn
 
 from experiments.layers import Residual, Unrolled
 from experiments.tying import tie_groups
-from experiments.uses import UseViews
+from experiments.uses import Uses
 
 STEPS, IN, HIDDEN = 5, 3, 4
 
@@ -37,11 +37,12 @@ def test_each_time_step_is_a_named_use_whose_gradient_is_its_own(cell):
     (group,) = [g for g in tie_groups(model) if g.canonical == "0.t0.weight_hh"]
     assert group.aliases == [f"0.t{t}.weight_hh" for t in range(STEPS)]
     x = torch.randn(7, STEPS, IN)
-    views = UseViews(model, tie_groups(model))
-    views.start_capture()
+    uses = Uses(model)
+    uses.arm(capture=True)
     model(x).pow(2).sum().backward()
-    views.stop_capture()
-    captured = views.ordered(group)
+    uses.end()
+    captured = uses.attribute()[0]["0.t0.weight_hh"]
+    assert list(captured) == group.aliases  # each time step a use, named by its step, in order
 
     copies = [copy.deepcopy(layer.cell) for _ in range(STEPS)]  # untied: one cell per step
     head = copy.deepcopy(model[1])

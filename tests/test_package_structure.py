@@ -20,7 +20,7 @@ LAYERS = [  # bottom first; names relative to the package, globs allowed
      "data.*", "runs", "checkpoints", "checkpoint_checks", "guards", "progress", "run_folder", "resume", "slurm", "memory",
      "run_files", "event_records", "distributed", "ddp", "distributed_run"],  # parts
     ["telemetry.*"],  # watching a model train
-    ["experiment", "config", "cli_help", "fit"],  # an experiment set up from its config
+    ["experiment", "config", "cli_help", "fit", "lens"],  # an experiment set up from its config; the public lens
     ["training"],  # the loop
     ["failures", "sweeps", "report", "report_figures", "inspection", "benchmark", "benchmark_lightning",
      "benchmark_distributed"],  # what runs or reads runs

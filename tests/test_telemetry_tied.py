@@ -1,4 +1,4 @@
-"""The tied signal's statistics: plain arithmetic on known gradients; a tampered use fails loudly."""
+"""The tied signal's statistics: plain arithmetic on known gradients; a gradient no use carried is a use of its own."""
 
 import pytest
 import torch
@@ -6,7 +6,6 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from experiments.config import telemetry_schema
-from experiments.errors import TieGradientMismatch
 from experiments.telemetry.monitor import Monitor
 from experiments.telemetry.tied import use_statistics
 
@@ -15,7 +14,7 @@ def test_cos_and_cancellation_match_plain_arithmetic():
     param = nn.Parameter(torch.zeros(2, 2))
     a, b = torch.tensor([[1.0, 2.0], [0.0, 1.0]]), torch.tensor([[-1.0, 0.5], [2.0, 0.0]])
     param.grad = a + b
-    tags, values, (error, tolerance) = use_statistics("w", param, {"2.w": a, "4.w": b})
+    tags, values = use_statistics("w", param, {"2.w": a, "4.w": b})
     got = dict(zip(tags, [v.item() for v in values]))
     s = (a + b).flatten()
     for alias, g in (("2.w", a), ("4.w", b)):
@@ -23,12 +22,12 @@ def test_cos_and_cancellation_match_plain_arithmetic():
         assert got[f"tied/w/use/{alias}/grad_norm"] == pytest.approx(g.norm().item())
         assert got[f"tied/w/use/{alias}/cos"] == pytest.approx((g @ s / (g.norm() * s.norm())).item())
     assert got["tied/w/cancellation"] == pytest.approx((s.norm() / (a.norm() + b.norm())).item())
-    assert error.item() <= tolerance.item()
-    _, values, _ = use_statistics("w", param, {"2.w": a, "4.w": -a})  # cancelling uses
+    _, values = use_statistics("w", param, {"2.w": a, "4.w": -a})  # cancelling uses
     assert values[-1].item() == pytest.approx(0.0)
 
 
-def test_tampered_use_gradient_fails_loudly(make_cfg, tmp_path):
+def test_a_gradient_no_use_carried_is_logged_as_the_unattributed_use_with_a_warning(tmp_path, caplog):
+    """A hook that edits .grad after the uses were seen: the difference is its own use, never a silent gap."""
     torch.manual_seed(0)
     shared = nn.Linear(4, 4)
     model = nn.Sequential(nn.Linear(3, 4), shared, nn.ReLU(), shared, nn.Linear(4, 1))
@@ -38,12 +37,16 @@ def test_tampered_use_gradient_fails_loudly(make_cfg, tmp_path):
     monitor.before_forward(1)
     loss = model(torch.randn(5, 3)).pow(2).mean()
     loss.backward()
-    uses = monitor.signals["tied"].uses
-    uses.grads["1.weight"]["3.weight"] = uses.grads["1.weight"]["3.weight"] + 0.1
+    extra = torch.full_like(shared.weight, 0.1)
+    shared.weight.grad += extra
     monitor.after_backward(1)
-    with pytest.raises(TieGradientMismatch, match="'1.weight' \\(1.weight, 3.weight\\)"):
-        monitor.after_step(1, loss.item())
+    written = monitor.after_step(1, loss.item())
     monitor.close()
+    uses = monitor.signals["tied"].last["1.weight"]
+    assert list(uses) == ["1.weight", "3.weight", "unattributed"]
+    torch.testing.assert_close(uses["unattributed"], extra)
+    assert written["tied/1.weight/use/unattributed/grad_norm"] == pytest.approx(extra.norm().item(), rel=1e-5)
+    assert "'1.weight'" in caplog.text and "could not be attributed" in caplog.text
 
 
 def test_undefined_statistics_are_nan_in_the_event_file_and_the_run_goes_on(tmp_path):

@@ -96,11 +96,9 @@ def ours(telemetry: str) -> Callable[[DictConfig], Timing]:
                 with InterruptGuard() as interrupt:
                     while trainer.epoch <= cfg.trainer.epochs:
                         trainer.train_epoch(interrupt)
-                trainer.monitor.close()
+                trainer.lens.close()
                 return trainer.step
             result = timed(loop)
-            if trainer.uses:
-                trainer.uses.close()
         return result
     return run
 

@@ -128,6 +128,11 @@ class TrainerConfig:
     clip_grad_norm: Optional[float] = None  # clip the total gradient norm to this (grad_norm/total logs it before)
     check_every: int = 100  # steps between checks for a non-finite loss or gradient (also on every logged step)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)  # torchrun / Slurm tasks: one run
+    compile: bool = False  # torch.compile the model for the steps that log nothing (logged steps run it eagerly)
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the forward pass and loss to bfloat16)
+
+
+PRECISIONS = ("fp32", "bf16")
 
 
 def check_trainer(cfg: DictConfig) -> None:
@@ -143,6 +148,8 @@ def check_trainer(cfg: DictConfig) -> None:
     if not cfg.distributed.timeout_s > 0:
         raise ConfigError(f"trainer.distributed.timeout_s={cfg.distributed.timeout_s}: must be a positive number of "
                           f"seconds.")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={cfg.precision!r}: use {' or '.join(PRECISIONS)}.")
     if cfg.clip_grad_norm is not None and not cfg.clip_grad_norm > 0:
         raise ConfigError(f"trainer.clip_grad_norm={cfg.clip_grad_norm}: must be a positive norm (or null: no "
                           f"clipping).")

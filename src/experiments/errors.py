@@ -44,8 +44,18 @@ class Diverged(RunFailed):
     """The loss, a gradient or the weights stopped being finite numbers."""
 
 
-class TieGradientMismatch(RunFailed):
-    """The per-use gradients of a tied parameter do not add up to its ``.grad``."""
+class UseNotFound(ConfigError):
+    """A ``model.grad_scale`` entry named a use that did not occur in a training step: the scale
+    would silently do nothing."""
+
+    def __init__(self, missing, occurred):
+        occurred = ", ".join(occurred) or "none (no parameter was read while the lens watched)"
+        super().__init__(
+            f"model.grad_scale: {', '.join(repr(m) for m in missing)} matched no use of a parameter in this "
+            f"training step, so its scale would do nothing. A use is named after where it happened: "
+            f"<module>.<parameter> for a module reading its own parameter (<module>#k at its k-th call beyond "
+            f"its names), <parameter>@<module> for a module reading another's, <parameter>@outside in the loss; "
+            f"keys may be globs (* and ?). The uses in this step: {occurred}.")
 
 
 class Interrupted(RunFailed):

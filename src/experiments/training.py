@@ -44,10 +44,10 @@ from .runs import FAILURE_FILE, LAST, WEIGHTS_FINAL, WEIGHTS_INIT, checkpoint_di
 from .slurm import resume_if_requeued
 from .summary import summary_markdown
 from .telemetry import tags
-from .telemetry.monitor import Monitor, cadences
+from .telemetry.monitor import cadences
 from .telemetry.summaries import hparam_values, swept_keys, ties_markdown
-from .tying import tie_groups
-from .uses import UseViews
+from .lens import Lens
+from .uses import discover_uses
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,10 @@ class Run:
         self.check_every = cfg.trainer.check_every
         self.loss_fn = loss_function(self.data.task)
         self.clip = cfg.trainer.clip_grad_norm
-        groups = tie_groups(self.model)  # the per-use views: model.grad_scale on every step, telemetry on some
-        self.uses = UseViews(self.model, groups, cfg.model.grad_scale) if groups or cfg.model.grad_scale else None
+        if cfg.model.grad_scale:  # a scaled use that the model does not have: refused before anything is written
+            discover_uses(self.model, self.data.sample_batch(), cfg.model.grad_scale)
+        self.compiled = self.compile(cfg)
+        self.autocast = cfg.trainer.precision == "bf16"
         self.shuffle = torch.Generator().manual_seed(cfg.trainer.seed + 1)
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         self.step, self.epoch, self.skip, self.val_loss = 0, 1, 0, float("nan")
@@ -152,9 +154,11 @@ class Run:
                 discard_events(self.run_dir)  # an attempt killed before its first checkpoint: start over
             save_weights(self.model, self.run_dir / WEIGHTS_INIT)
         total_steps = cfg.trainer.epochs * self.data.steps_per_epoch()
-        self.monitor = Monitor(self.run_dir, self.model, cfg.telemetry, purge_step=self.step + 1 if checkpoint else None,
-                               classification=self.data.task in CLASSES, uses=self.uses, total_steps=total_steps,
-                               reducer=self.reducer, rank=self.rank)
+        self.lens = Lens(self.model, self.run_dir, cfg.telemetry, grad_scale=cfg.model.grad_scale,
+                         total_steps=total_steps, purge_step=self.step + 1 if checkpoint else None,
+                         classification=self.data.task in CLASSES, first_step=self.step + 1,
+                         reducer=self.reducer, rank=self.rank)
+        self.monitor = self.lens.monitor
         if state.get("telemetry"):
             self.monitor.load_state_dict(state["telemetry"])
             if "epoch_loss_start" in state["telemetry"] and self.skip:  # resumed within an epoch
@@ -221,36 +225,47 @@ class Run:
         self.checkpoint(self.shuffle.get_state(), numbered=every > 0 and (self.epoch - 1) % every == 0)
         return metrics
 
+    def compile(self, cfg: DictConfig) -> Optional[nn.Module]:
+        """``trainer.compile``: the compiled model, for the steps that log nothing (the lens sees no use
+        inside a compiled graph, so the steps that log run the model eagerly: same values)."""
+        if not cfg.trainer.compile:
+            return None
+        if cfg.model.grad_scale:
+            raise ConfigError(f"trainer.compile=true with model.grad_scale={dict(cfg.model.grad_scale)}: the scale "
+                              f"acts on every step, and inside a compiled graph no use of a parameter can be told "
+                              f"apart. Drop one of the two (trainer.compile=false keeps the scale).")
+        if self.group:
+            raise ConfigError("trainer.compile=true in a distributed run (torchrun, Slurm tasks): not supported yet; "
+                              "use trainer.compile=false.")
+        return torch.compile(self.model)
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor, signum: Optional[int] = None) -> None:
-        """One optimizer step, watched by the monitor (which adds its loss up on the device). A step
-        that logs nothing moves nothing to the host and calls the monitor once. Distributed: this rank's
-        rows of the batch (``scale``: see ``distributed.shard``), and ``signum`` (a signal this rank has
-        caught) goes to the other ranks with the gradients."""
+        """One optimizer step, watched by the lens (which adds its loss up on the device). A step
+        that logs nothing moves nothing to the host. Distributed: this rank's rows of the batch
+        (``scale``: see ``distributed.shard``), and ``signum`` (a signal this rank has caught) goes to the
+        other ranks with the gradients."""
         step, scale = self.step, None
         if self.group:
             x, y, scale = ddp.shard(x, y, self.rank, self.world)
             self.flags.post(signum)
-        logs = bool(self.monitor.due(step))
-        if logs:
-            self.monitor.before_forward(step)
-        out = predictions(self.forward(x), self.data.task)  # the logits the task scores (outputs.py)
-        loss = self.loss_fn(out, y) if scale is None else self.loss_fn(out, y, reduction="sum") * scale
+        logs = self.lens.due(step)
+        model = self.compiled if self.compiled is not None and not logs else self.forward
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            out = predictions(model(x), self.data.task)  # the logits the task scores (outputs.py)
+            loss = self.loss_fn(out, y) if scale is None else self.loss_fn(out, y, reduction="sum") * scale
         self.optimizer.zero_grad(set_to_none=True)
         (spread_nonfinite(loss) if self.group else loss).backward()
         self.guard.after_backward(step, loss)
         if logs or step % self.check_every == 0:
             self.guard.check(step)  # before anything of a non-finite step is logged
-        if logs:
-            self.monitor.after_backward(step, loss.detach(), out, y, scale)
+        self.lens.step(step, loss.detach(), out, y, scale)
         if self.clip is not None:
             nn.utils.clip_grad_norm_(self.params, self.clip)
         self.optimizer.step()
-        if not logs:
-            self.monitor.quiet_step(loss.detach(), out, y, scale)
-            return
-        written = self.monitor.after_step(step)
-        if tags.LOSS_TRAIN in written:
-            self.train_loss = written[tags.LOSS_TRAIN]
+        if logs:
+            written = self.lens.finish()
+            if tags.LOSS_TRAIN in written:
+                self.train_loss = written[tags.LOSS_TRAIN]
 
     def checkpoint(self, shuffle_state: torch.Tensor, numbered: bool) -> Path:
         """``checkpoints/last.pt`` (and a numbered copy) at the current step. ``shuffle_state`` is
@@ -327,9 +342,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: Optional[Mapping[str, str]] =
                         raise peer from None
                     raise
                 finally:
-                    run.monitor.close()
-                    if run.uses:
-                        run.uses.close()
+                    run.lens.close()
             value = run.finish()
         finally:
             run.release()

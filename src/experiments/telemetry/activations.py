@@ -15,7 +15,7 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
-from ..uses import CallSites, module_sites
+from ..uses import ModuleCalls
 from . import tags
 from .signals import Signal, Watched
 
@@ -50,22 +50,23 @@ class ActivationStats:
         self.active = False
         self._outputs: List[Tuple[str, bool, torch.Tensor]] = []  # (use name, counts dead units, output)
         self._layout: List[Tuple[str, int]] = []  # each call's use name and units (0: no dead-unit count)
-        leaves = {m: names for m, names in module_sites(model).items() if m is not model and not list(m.children())}
-        self._hooks = CallSites(model, leaves, post=self._record)
+        self._leaves = {m for m in model.modules() if m is not model and not list(m.children())}
+        self._calls = ModuleCalls(model, post=self._record)
 
-    def _record(self, module: nn.Module, args, output) -> None:
-        if self.active and isinstance(output, torch.Tensor):
-            self._outputs.append((self._hooks.next_site(module), isinstance(module, DEAD_UNIT_TYPES), output.detach()))
+    def _record(self, module: nn.Module, site: str, output) -> None:
+        if (self.active and module in self._leaves and isinstance(output, torch.Tensor)
+                and torch.is_grad_enabled()):  # (not an evaluation pass)
+            self._outputs.append((site, isinstance(module, DEAD_UNIT_TYPES), output.detach()))
 
     def start(self) -> None:
         self._outputs = []
-        self._hooks.install()
+        self._calls.start()
         self.active = True
 
     def close(self) -> None:
         """Hooks out, nothing kept."""
         self.active, self._outputs = False, []
-        self._hooks.remove()
+        self._calls.stop()
 
     def partials(self, keep_hooks: bool = False) -> torch.Tensor:
         """What was recorded since ``start`` as one float64 tensor: each call's sum, sum of squares and count,
@@ -74,7 +75,7 @@ class ActivationStats:
         them off costs more than leaving them)."""
         self.active = False
         if not keep_hooks:
-            self._hooks.remove()
+            self._calls.stop()
         records, self._outputs = self._outputs, []
         groups: Dict[tuple, List[int]] = {}
         for i, (_, dead, out) in enumerate(records):

@@ -24,8 +24,7 @@ from torch import nn
 
 from ..distributed import Reducer
 from ..errors import ConfigError
-from ..tying import tie_groups
-from ..uses import UseViews
+from ..uses import Uses
 from . import activations, tied  # noqa: F401  (importing them registers their signals)
 from .events import EventFile, NoEvents, ScalarWriter
 from .protos import hparams, text
@@ -54,7 +53,7 @@ def cadences(cfg: DictConfig, total_steps: Optional[int] = None) -> Dict[str, in
 
 class Monitor:
     def __init__(self, run_dir: Path, model: nn.Module, cfg: DictConfig, purge_step: Optional[int] = None,
-                 classification: bool = False, uses: Optional[UseViews] = None, total_steps: Optional[int] = None,
+                 classification: bool = False, uses: Optional[Uses] = None, total_steps: Optional[int] = None,
                  reducer: Optional[Reducer] = None, rank: int = 0):
         self._every = cadences(cfg, total_steps)
         self._last = total_steps or 0  # every signal also logs the last step: the final value is final
@@ -69,8 +68,9 @@ class Monitor:
         # distributed: this rank's losses since the last reduction (their mean over ranks is the global part)
         self.loss_local = torch.zeros_like(self.loss_total) if reducer is not None else self.loss_total
         self._added = 0  # the step whose loss after_backward already added
-        watched = Watched(model, [n for n, _ in named], [p for _, p in named], uses.groups if uses else tie_groups(model),
-                          classification, self.events, self.loss_total, uses, self.sub_run, self.loss_local,
+        if uses is None and self._every.get("tied"):
+            uses = Uses(model)
+        watched = Watched(model, [n for n, _ in named], [p for _, p in named], classification, self.events, self.loss_total, uses, self.sub_run, self.loss_local,
                           self.writes, reducer)
         self.signals: Dict[str, Signal] = {
             name: SIGNALS[name](watched) for name, every in self._every.items()
@@ -93,21 +93,26 @@ class Monitor:
         On a quiet step this is one integer comparison."""
         if step == self._step:
             return self._due
+        if step < self._step:  # a step already passed (the lens writing a logged step after its update)
+            return [s for name, s in self.signals.items() if self._at(name, step)]
         self._step = step
         if step < self._next and step != self._last:
             self._due = []
             return self._due
-        at = lambda name: step == 1 or step % self._every[name] == 0 or step == self._last  # noqa: E731
-        self._due = [s for name, s in self.signals.items() if at(name)]
+        self._due = [s for name, s in self.signals.items() if self._at(name, step)]
         self._next = min((step // n + 1) * n for n in (self._every[name] for name in self.signals)) \
             if self.signals else 1 << 62
         return self._due
+
+    def _at(self, name: str, step: int) -> bool:
+        return step == 1 or step % self._every[name] == 0 or step == self._last
 
     def quiet_step(self, loss, output: Optional[torch.Tensor] = None, target: Optional[torch.Tensor] = None,
                    scale: Optional[float] = None) -> None:
         """All a step on which no signal is due needs: its loss added to the running total, on the device
         (and what the per-step signals keep, e.g. the training accuracy). ``scale``: see ``Signal.every_step``."""
-        self.loss_local.add_(loss)
+        if loss is not None:
+            self.loss_local.add_(loss)
         for signal in self._per_step:
             signal.every_step(loss, output, target, scale)
 
@@ -139,20 +144,10 @@ class Monitor:
             sums += s
         if self.reducer is None:
             return
-        means += self._use_gradients(due)
         self.reducer.reduce_(means, sums)
         if self.signals.get("loss") in due:  # loss_local went into this reduction: the total is the ranks' now
             self.loss_total.add_(self.loss_local)
             self.loss_local.zero_()
-
-    def _use_gradients(self, due: List[Signal]) -> List[torch.Tensor]:
-        """Each use's gradient the tied signal captured on this step (this rank's rows), in an order every
-        rank shares. (The per-use lens will hand these over itself, as a signal's ``batch_values``.)"""
-        tied_signal = self.signals.get("tied")
-        if tied_signal not in due:
-            return []
-        grads = tied_signal.uses.grads
-        return [grads[name][use] for name in sorted(grads) for use in sorted(grads[name])]
 
     def sync(self) -> None:
         """Add up the ranks' losses into ``loss_total`` (distributed: one collective; at an epoch's end)."""
@@ -204,6 +199,14 @@ class Monitor:
             self.loss_total.add_(sum(r["loss_local"] for r in ranks) / len(ranks))
         for name, signal in self.signals.items():
             signal.load_rank_state([r.get("signals", {}).get(name, {}) for r in ranks], self.rank, world)
+
+    def drop(self, name: str) -> None:
+        """Stop a signal for the rest of the run (``watch()`` without a loss has no loss to log)."""
+        signal = self.signals.pop(name, None)
+        if signal is not None:
+            signal.close()
+            self._per_step = [s for s in self._per_step if s is not signal]
+            self._step = 0  # what is due is worked out again
 
     def epoch_end(self, step: int, metrics: Mapping[str, float]) -> None:
         self.events.write_scalars(step, list(metrics), list(metrics.values()))

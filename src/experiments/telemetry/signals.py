@@ -38,8 +38,7 @@ import torch
 from torch import nn
 
 from ..distributed import Reducer
-from ..tying import TieGroup
-from ..uses import UseViews
+from ..uses import Uses
 from . import tags
 from .events import EventFile, ScalarWriter
 from .protos import histogram
@@ -61,11 +60,10 @@ class Watched:
     model: nn.Module
     names: List[str]  # as named_parameters() names them
     params: List[nn.Parameter]
-    groups: List[TieGroup]  # the tied parameters
     classification: bool
     events: EventFile
     loss_total: Optional[torch.Tensor] = None  # the run's losses added up (float64, on the device)
-    uses: Optional[UseViews] = None  # the per-use views of the tied parameters, if the run made them
+    uses: Optional[Uses] = None  # the uses of the parameters (experiments.uses), found on the steps that log
     sub_run: Optional[Callable[[str], EventFile]] = None  # the event file of the sub-run <run>/<name>
     loss_local: Optional[torch.Tensor] = None  # this rank's losses since the last reduction (distributed), else loss_total
     writes: bool = True  # False on ranks other than 0 of a distributed run: computed, not written

@@ -1,42 +1,38 @@
-"""The ``tied`` signal: each use's own gradient of a tied parameter, next to their sum.
+"""The ``tied`` signal: each use's own gradient of a shared parameter, next to their sum.
 
-The per-call views that split a gradient into its uses are ``experiments.uses.UseViews``
-(shared with the ``model.grad_scale`` intervention); this signal switches their capture on for
-the steps it logs and turns what they caught into tags: the summed gradient's norm, each use's
-norm and cosine with the sum, the cancellation, and for a parameter with an embedding use the
-fraction of rows each use touches. It checks that the uses add up to ``.grad``.
+A parameter is shared when one pass uses it more than once (two names of one Parameter, one
+module called several times, a weight read by another module or in the loss): the uses are
+found by ``experiments.uses.Uses`` (shared with the ``model.grad_scale`` intervention), which
+this signal switches to capture on the steps it logs. Their gradients become tags: the summed
+gradient's norm, each use's norm and cosine with the sum, the cancellation, and for a parameter
+with an embedding use the fraction of rows each use touches. What reached ``.grad`` through no
+use the lens saw is logged as the use ``unattributed``, with a warning that says why it may be.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from functools import partial
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import torch
 from torch import nn
 
-from ..errors import TieGradientMismatch
-from ..tying import TieGroup
-from ..uses import UseViews
+from ..uses import UNATTRIBUTED
 from . import tags
-from .protos import custom_scalars
+from .protos import custom_scalars, text
 from .signals import Signal, Watched
+
+log = logging.getLogger(__name__)
 
 
 def use_statistics(name: str, param: nn.Parameter, uses: Dict[str, torch.Tensor], rows: bool = False):
-    """Tags and a 1-D device tensor (a value per tag) for one tied parameter, plus the sum
-    check as (error, tolerance).
+    """Tags and a 1-D device tensor (a value per tag) for one shared parameter.
 
     ``grad_norm`` is the norm of the summed gradient (``.grad``) and of each use's; ``cos`` is each use's cosine with the summed gradient (``.grad``); ``cancellation`` is
     ||sum of uses|| / sum of ||use|| (1 when the uses agree, near 0 when they cancel); with
     ``rows``, ``rows_touched`` is the fraction of rows (first dimension) a use's gradient is
     non-zero in: an embedding's input use touches only the batch's tokens.
-
-    A cosine with a zero vector (a use whose gradient is exactly zero, e.g. an unrolled RNN's first
-    step reading a hidden state of 0; or a summed gradient of zero) and the cancellation of uses
-    that are all zero are undefined: they are NaN (0/0), which TensorBoard leaves out of its charts,
-    not a number that looks measured.
     """
     aliases = list(uses)
     stacked = torch.stack([uses[a].reshape(-1) for a in aliases]).float()
@@ -46,8 +42,6 @@ def use_statistics(name: str, param: nn.Parameter, uses: Dict[str, torch.Tensor]
     cos = (stacked @ total) / norms / total_norm  # one norm at a time: no underflow of their product; 0/0 is NaN
     summed, norm_sum = stacked.sum(0), norms.sum()
     cancellation = torch.linalg.vector_norm(summed) / norm_sum
-    error = torch.linalg.vector_norm(summed - total)
-    tolerance = 1e-5 * stacked.shape[0] * (norm_sum + 1e-12)
     names = [tags.use_stat(name, a, "grad_norm") for a in aliases] + [tags.use_stat(name, a, "cos") for a in aliases]
     names += [tags.tied_grad_norm(name), tags.cancellation(name)]
     parts = [norms, cos, total_norm.reshape(1), cancellation.reshape(1)]
@@ -55,74 +49,105 @@ def use_statistics(name: str, param: nn.Parameter, uses: Dict[str, torch.Tensor]
         names += [tags.use_stat(name, a, "rows_touched") for a in aliases]
         parts.append(torch.stack([(uses[a].reshape(uses[a].shape[0], -1) != 0).any(dim=1).float().mean()
                                   for a in aliases]))
-    return names, torch.cat(parts), (error, tolerance)  # one value per tag, one tensor
+    return names, torch.cat(parts)  # one value per tag, one tensor
 
 
-def mismatch(name: str, uses: List[str], error: float, tolerance: float) -> TieGradientMismatch:
-    return TieGradientMismatch(
-        f"the per-use gradients of tied parameter '{name}' ({', '.join(uses)}) do not add up to its "
-        f".grad: they differ by {error:.3g} (tolerance {tolerance:.3g}). A module that reads its "
-        f"parameter other than as an attribute, a hook that edits gradients, or gradients accumulated "
-        f"over several backward passes without zero_grad can cause this."
-    )
+USES_DIR = "uses"  # each use's sub-run: <run>/uses/<where the use happened>
 
 
-USES_DIR = "uses"  # each use's sub-run: <run>/uses/<module of the use>
+def use_run(use: str) -> str:
+    """The sub-run that draws a use's line: ``4.weight`` -> ``uses/4`` (the module of that use);
+    ``wte.weight@lm_head`` and ``unattributed`` keep their whole name."""
+    site, _, leaf = use.rpartition(".")
+    return f"{USES_DIR}/{site if site and '@' not in use else use}"
 
 
-def use_run(alias: str) -> str:
-    """The sub-run that draws a use's line: ``4.weight`` -> ``uses/4`` (the module of that use)."""
-    return f"{USES_DIR}/{alias.rpartition('.')[0] or alias}"
-
-
-def tied_layout(groups: List[TieGroup]) -> Dict[str, Dict[str, list]]:
-    """Custom-scalars layout: one chart per tied parameter. Its one tag, ``tied/<name>/grad_norm``,
-    is the sum in the run itself and each use's own gradient norm in the use's sub-run, so
-    TensorBoard draws the sum and every use each in its own colour (it colours by run)."""
+def tied_layout(shared: Dict[str, Sequence[str]]) -> Dict[str, Dict[str, list]]:
+    """Custom-scalars layout: one chart per shared parameter (``shared``: name -> its uses). Its one
+    tag, ``tied/<name>/grad_norm``, is the sum in the run itself and each use's own gradient norm
+    in the use's sub-run, so TensorBoard draws the sum and every use each in its own colour (it
+    colours by run)."""
     charts = {}
-    for g in groups:
-        uses = ", ".join(use_run(a) for a in g.aliases)
-        title = f"{g.canonical}: gradient norm, the sum (this run) and each use (runs {uses})"
-        charts[title] = ["Multiline", [re.escape(tags.tied_grad_norm(g.canonical)) + "$"]]
+    for name, uses in shared.items():
+        runs = ", ".join(use_run(a) for a in uses)
+        title = f"{name}: gradient norm, the sum (this run) and each use (runs {runs})"
+        charts[title] = ["Multiline", [re.escape(tags.tied_grad_norm(name)) + "$"]]
     return {"tied parameters": charts}
 
 
+def uses_markdown(shared: Dict[str, Sequence[str]]) -> str:
+    if not shared:
+        return "No parameter was used more than once in a training step."
+    rows = [f"| {name} | {len(uses)} | {', '.join(uses)} |" for name, uses in shared.items()]
+    return "\n".join(["| parameter | uses | where (in the order of the forward pass) |", "|---|---|---|", *rows])
+
+
+CAUSES = ("a custom autograd function (torch.autograd.Function) that takes the parameter, a compiled graph "
+          "(torch.compile), gradients accumulated over several steps without zero_grad, or a hook that edits "
+          "gradients")
+RECOMPUTED = ("activation checkpointing with use_reentrant=True recomputes the forward inside backward, where uses "
+              "cannot be told apart: use torch.utils.checkpoint.checkpoint(..., use_reentrant=False)")
+
+
 class Tied(Signal):
-    """``tied/<param>/...``: the summed gradient of each tied parameter, each use's own
-    gradient and its cosine with the sum, and the cancellation; checks that the uses add up."""
+    """``tied/<param>/...``: the summed gradient of each shared parameter, each use's own gradient
+    and its cosine with the sum, and the cancellation."""
 
     name = "tied"
 
     @classmethod
     def applies(cls, watched: Watched) -> bool:
-        return bool(watched.groups)
+        return watched.uses is not None and bool(watched.uses.params)
 
     def __init__(self, watched: Watched):
         super().__init__(watched)
-        self.uses = watched.uses or UseViews(watched.model, watched.groups)
+        self.uses = watched.uses
         embedded = {id(p) for m in watched.model.modules() if isinstance(m, nn.Embedding)
                     for p in m.parameters(recurse=False)}
-        self._rows = {g.canonical for g in watched.groups if id(g.param) in embedded}
-        watched.events.write_summary(custom_scalars(tied_layout(watched.groups)))
+        self._rows = {name for name, p in self.uses.params.items() if id(p) in embedded}
+        self._layout: Dict[str, List[str]] = {}  # what the custom-scalars layout shows
+        self._warned: set = set()
+        self.last: Dict[str, Dict[str, torch.Tensor]] = {}  # the last logged step's uses
 
     def before_forward(self, step) -> None:
-        self.uses.start_capture()
+        self.uses.arm(capture=True)
+
+    def batch_values(self):
+        """Each use's gradient captured on this step (this process's rows of the batch), in an order every
+        process shares: a distributed run averages them before anything is computed from them."""
+        self.uses.end()  # (the lens ends the step itself; a monitor driven by hand may not)
+        grads = self.uses.grads
+        return [grads[name][use] for name in sorted(grads) for use in sorted(grads[name])], []
 
     def after_backward(self, step, record) -> None:
-        self.uses.stop_capture(keep_hooks=self.cadence == 1)
-        for group in self.watched.groups:
-            if group.param.grad is None:
-                continue
-            uses = self.uses.ordered(group)
-            if not uses:  # nothing caught (no forward pass since the capture began): the sum alone
-                record.add(tags.tied_grad_norm(group.canonical), torch.linalg.vector_norm(group.param.grad))
-                continue
-            names, values, (error, tolerance) = use_statistics(group.canonical, group.param, uses,
-                                                               rows=group.canonical in self._rows)
+        self.uses.end()
+        shared, unsplit = self.uses.attribute()
+        self._warn(shared, unsplit)
+        for name, uses in shared.items():
+            names, values = use_statistics(name, self.uses.params[name], uses, rows=name in self._rows)
             record.extend(names, values)
-            record.check(error, tolerance, partial(mismatch, group.canonical, list(uses)))
-            for i, alias in enumerate(uses):  # each use's norm again, in its use's sub-run (one colour each)
-                record.add(tags.tied_grad_norm(group.canonical), values[i], self.watched.sub_run(use_run(alias)))
+            for i, use in enumerate(uses):  # each use's norm again, in its use's sub-run (one colour each)
+                record.add(tags.tied_grad_norm(name), values[i], self.watched.sub_run(use_run(use)))
+        found = {name: list(uses) for name, uses in shared.items()}
+        if any(self._layout.get(name) != uses for name, uses in found.items()):
+            first = not self._layout
+            self._layout.update(found)
+            self.watched.events.write_summary(custom_scalars(tied_layout(self._layout)), step)
+            self.watched.events.write_summary(text("uses", uses_markdown(self._layout)), step)
+            if first:
+                log.info("shared parameters (found by use): %s", "; ".join(
+                    f"{name} ({len(uses)} uses)" for name, uses in self._layout.items()))
+        self.last = shared
+
+    def _warn(self, shared: Dict[str, Dict[str, torch.Tensor]], unsplit: Dict[str, str]) -> None:
+        why = RECOMPUTED if self.uses.calls.recomputed else CAUSES
+        new = {name: f"{UNATTRIBUTED} part logged as the use '{UNATTRIBUTED}'" for name, uses in shared.items()
+               if UNATTRIBUTED in uses and name not in self._warned}
+        new.update({name: reason for name, reason in unsplit.items() if name not in self._warned})
+        if new:
+            self._warned |= set(new)
+            log.warning("part of the gradient of %s could not be attributed to a use (%s). Likely cause: %s.",
+                        ", ".join(f"'{n}'" for n in new), "; ".join(f"{n}: {r}" for n, r in new.items()), why)
 
     def close(self) -> None:
-        self.uses.stop_capture()
+        self.uses.close()

@@ -1,0 +1,107 @@
+"""watch() in a plain training loop: the same tags as the trainer, values equal to a float64 untied
+replay written here, the scale acting on the steps that log nothing, a wrapper's forward called."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import read_events
+from experiments import watch
+from experiments.errors import ConfigError, UseNotFound
+
+VOCAB, DIM, STEPS, LR, SCALE = 11, 6, 10, 0.5, 0.5
+
+
+class TinyLM(nn.Module):
+    """nanoGPT-style: the head reads the embedding's weight through F.linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.wte, self.mix = nn.Embedding(VOCAB, DIM), nn.Linear(DIM, DIM)
+
+    def forward(self, x):
+        return F.linear(torch.tanh(self.mix(self.wte(x))), self.wte.weight)
+
+
+class Wrapper(nn.Module):
+    """What a LightningModule is to the model: its forward is the one the loop calls."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def batches():
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randint(0, VOCAB, (8,), generator=g), torch.randint(0, VOCAB, (8,), generator=g))
+            for _ in range(STEPS)]
+
+
+def replay(model):
+    """Float64 SGD with the output use an untied leaf scaled by SCALE: (weights after, per-step use norms)."""
+    e = model.wte.weight.detach().clone().double()
+    m, b = model.mix.weight.detach().clone().double(), model.mix.bias.detach().clone().double()
+    norms = []
+    for x, y in batches():
+        e_in, e_out, mw, mb = (t.clone().requires_grad_() for t in (e, e, m, b))
+        h = torch.tanh(F.embedding(x, e_in) @ mw.T + mb)
+        F.cross_entropy(h @ e_out.T, y).backward()
+        g_in, g_out = e_in.grad, SCALE * e_out.grad
+        norms.append((g_in.norm().item(), g_out.norm().item(), (g_in + g_out).norm().item()))
+        e, m, b = e - LR * (g_in + g_out), m - LR * mw.grad, b - LR * mb.grad
+    return {"wte.weight": e, "mix.weight": m, "mix.bias": b}, norms
+
+
+def test_watch_in_a_plain_loop_equals_the_untied_replay(tmp_path):
+    torch.manual_seed(0)
+    model = TinyLM().double()
+    expected, norms = replay(model)
+    loop = Wrapper(model)  # the loop calls the wrapper; the lens watches the model inside it
+    lens = watch(model, log_dir=tmp_path, every=3, grad_scale={"wte.weight@TinyLM": SCALE})
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    for step, (x, y) in enumerate(batches(), start=1):
+        loss = F.cross_entropy(loop(x), y)
+        loss.backward()
+        lens.step(step, loss)
+        optimizer.step()
+        optimizer.zero_grad()
+    last = lens.uses()
+    lens.close()
+
+    for name, want in expected.items():  # the scale acted on every step, logged or not
+        torch.testing.assert_close(dict(model.named_parameters())[name], want, rtol=1e-10, atol=1e-12)
+    assert list(last["wte.weight"]) == ["wte.weight", "wte.weight@TinyLM"]
+    acc = read_events(tmp_path)
+    logged = [1, 3, 6, 9]
+    for tag, k in (("tied/wte.weight/use/wte.weight/grad_norm", 0), ("tied/wte.weight/use/wte.weight@TinyLM/grad_norm", 1),
+                   ("tied/wte.weight/grad_norm", 2)):
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == logged, tag
+        assert [e.value for e in events] == pytest.approx([norms[s - 1][k] for s in logged], rel=1e-5), tag
+    assert [e.step for e in acc.Scalars("loss/train")] == logged
+    norm_after = acc.Scalars("param_norm/mix.weight")  # written after the update of its step
+    assert norm_after[-1].step == 9
+    assert acc.Tags()["tensors"]  # the text summaries and the custom-scalars layout
+
+
+def test_watch_refuses_what_it_cannot_see(tmp_path):
+    model = TinyLM()
+    with pytest.raises(ConfigError, match="no signal named nope"):
+        watch(model, tmp_path, signals=["nope"])
+    lens = watch(model, tmp_path / "b", every=1, grad_scale={"head.weight": 2.0})
+    loss = model(torch.randint(0, VOCAB, (4,))).sum()
+    loss.backward()
+    with pytest.raises(UseNotFound, match=r"'head.weight' matched no use.*wte.weight, mix.weight, mix.bias, "
+                                          r"wte.weight@TinyLM"):
+        lens.step(1, loss)
+    lens.close()
+    with pytest.raises(ValueError, match="armed for step 2"):
+        lens2 = watch(model, tmp_path / "c", every=1)
+        model(torch.randint(0, VOCAB, (4,))).sum().backward()
+        lens2.step(1)
+        lens2.step(5)
+    lens2.close()
