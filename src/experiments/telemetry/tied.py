@@ -9,7 +9,6 @@ fraction of rows each use touches. It checks that the uses add up to ``.grad``.
 
 from __future__ import annotations
 
-import re
 from functools import partial
 from typing import Dict, List
 
@@ -22,6 +21,7 @@ from ..uses import UseViews
 from . import tags
 from .protos import custom_scalars
 from .signals import Signal, Watched
+from .use_runs import labels_summary, run_layout
 
 
 def use_statistics(name: str, param: nn.Parameter, uses: Dict[str, torch.Tensor], rows: bool = False):
@@ -62,24 +62,10 @@ def mismatch(name: str, uses: List[str], error: float, tolerance: float) -> TieG
     )
 
 
-USES_DIR = "uses"  # each use's sub-run: <run>/uses/<module of the use>
-
-
-def use_run(alias: str) -> str:
-    """The sub-run that draws a use's line: ``4.weight`` -> ``uses/4`` (the module of that use)."""
-    return f"{USES_DIR}/{alias.rpartition('.')[0] or alias}"
-
-
 def tied_layout(groups: List[TieGroup]) -> Dict[str, Dict[str, list]]:
-    """Custom-scalars layout: one chart per tied parameter. Its one tag, ``tied/<name>/grad_norm``,
-    is the sum in the run itself and each use's own gradient norm in the use's sub-run, so
-    TensorBoard draws the sum and every use each in its own colour (it colours by run)."""
-    charts = {}
-    for g in groups:
-        uses = ", ".join(use_run(a) for a in g.aliases)
-        title = f"{g.canonical}: gradient norm, the sum (this run) and each use (runs {uses})"
-        charts[title] = ["Multiline", [re.escape(tags.tied_grad_norm(g.canonical)) + "$"]]
-    return {"tied parameters": charts}
+    """Custom-scalars layout: for each tied parameter, the sum's and each use's gradient norm, tags of
+    this run (one run per job: see ``use_runs`` for why, and for the per-use view in colour)."""
+    return run_layout(g.canonical for g in groups)
 
 
 class Tied(Signal):
@@ -99,6 +85,7 @@ class Tied(Signal):
                     for p in m.parameters(recurse=False)}
         self._rows = {g.canonical for g in watched.groups if id(g.param) in embedded}
         watched.events.write_summary(custom_scalars(tied_layout(watched.groups)))
+        watched.events.write_summary(labels_summary(watched.model, watched.groups))  # the Text tab's uses
 
     def before_forward(self, step) -> None:
         self.uses.start_capture()
@@ -116,8 +103,6 @@ class Tied(Signal):
                                                                rows=group.canonical in self._rows)
             record.extend(names, values)
             record.check(error, tolerance, partial(mismatch, group.canonical, list(uses)))
-            for i, alias in enumerate(uses):  # each use's norm again, in its use's sub-run (one colour each)
-                record.add(tags.tied_grad_norm(group.canonical), values[i], self.watched.sub_run(use_run(alias)))
 
     def close(self) -> None:
         self.uses.stop_capture()
