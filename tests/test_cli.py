@@ -27,18 +27,29 @@ def tied_run(tmp_path_factory):
 
 def test_a_run_is_named_by_its_model_and_init_in_tensorboard(tied_run):
     """outputs/<date>/<time>-<model>-<init>, and the printed tensorboard command lists the run under
-    that name (TensorBoard's own run discovery), not as '.'."""
+    that name (TensorBoard's own run discovery), not as '.', as one run (its uses are tags of it); the
+    second printed command draws each use in its own colour, labelled by depth."""
     from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
 
     run_dir, result = tied_run
     assert re.fullmatch(r"\d{2}-\d{2}-\d{2}\.\d{6}-tied-xavier", run_dir.name), run_dir.name
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_dir.parent.name)
-    printed = re.search(r"see it with: tensorboard --logdir (\S+)  \(this run: (\S+)\)", result.stdout + result.stderr)
+    printed = re.search(r"see it with: tensorboard --logdir (\S+)  \(this run: (\S+)\); each use in its own "
+                        r"colour: python (scripts/uses_view.py) (\S+)", result.stdout + result.stderr)
     assert printed and printed.group(1) == f"outputs/{run_dir.parent.name}", result.stdout[-500:]
     logdir = run_dir.parents[2] / printed.group(1)  # relative to the folder the user ran in
     runs = EventMultiplexer().AddRunsFromDirectory(str(logdir)).Runs()
-    assert printed.group(2) == run_dir.name  # the run, and the sub-runs that draw each use of its tied layer
-    assert sorted(runs) == [run_dir.name, f"{run_dir.name}/uses/2", f"{run_dir.name}/uses/4"]
+    assert printed.group(2) == run_dir.name
+    assert sorted(runs) == [run_dir.name]  # one TensorBoard run per run: a day's runs stay under 40
+    view = run_dir.parents[2] / "view"
+    shown = run_cli([printed.group(4), "--out", str(view)], cwd=run_dir.parents[2], script=printed.group(3))
+    assert shown.returncode == 0, shown.stderr
+    assert sorted(EventMultiplexer().AddRunsFromDirectory(str(view)).Runs()) == ["depth 1", "depth 2", "sum"]
+    acc = read_events(run_dir)
+    for depth, site in (("1", "2"), ("2", "4")):  # the shared layer at positions 2 and 4: depths 1 and 2
+        drawn = read_events(view / f"depth {depth}").Scalars(f"2.weight grad_norm/{run_dir.name}")
+        logged = acc.Scalars(f"tied/2.weight/use/{site}.weight/grad_norm")
+        assert [(e.step, e.value) for e in drawn] == [(e.step, e.value) for e in logged]
 
 
 def test_tied_xavier_writes_every_tag(tied_run):
@@ -175,17 +186,13 @@ def test_all_signals_write_every_tag(tmp_path):
 
     layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
     charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
-    title = "2.weight: gradient norm, the sum (this run) and each use (runs uses/2, uses/4)"
-    assert charts[title] == [r"tied/2\.weight/grad_norm$"]
-    # TensorBoard colours lines by run: each use is the same tag in its own sub-run, so the chart
-    # draws the sum and each use in a colour of its own.
-    assert sorted(p.name for p in (run_dir / "uses").iterdir()) == ["2", "4"]
-    for site in ("2", "4"):
-        sub = read_events(run_dir / "uses" / site)
-        assert sub.Tags()["scalars"] == ["tied/2.weight/grad_norm", "tied/2.bias/grad_norm"]
-        for leaf in ("weight", "bias"):
-            own = [(e.step, e.value) for e in sub.Scalars(f"tied/2.{leaf}/grad_norm")]
-            assert own == [(e.step, e.value) for e in acc.Scalars(f"tied/2.{leaf}/use/{site}.{leaf}/grad_norm")]
+    # each use is a tag of this run (TensorBoard colours by run: the per-use view draws them in colour)
+    (uses,) = [regexes for title, regexes in charts.items() if title.startswith("2.weight: gradient norm of each use")]
+    assert [t for t in scalars if any(re.search(r, t) for r in uses)] == \
+        [t for t in scalars if re.fullmatch(r"tied/2\.weight/use/[24]\.weight/grad_norm", t)] != []
+    assert not any(p.is_dir() for p in run_dir.iterdir() if p.name not in (".hydra", "checkpoints"))  # no sub-runs
+    labels = acc.Tensors("uses/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "| 2.weight | 2.weight | depth 1 |" in labels and "| 2.bias | 4.bias | depth 2 |" in labels
     summary = acc.Tensors("summary/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "| 2.weight | 2.weight, 4.weight | (8, 8) | 64 | 2 |" in summary and "**121**" in summary
 

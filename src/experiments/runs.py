@@ -54,20 +54,43 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 
 
-def tensorboard_command(run_dir: Path) -> str:
-    """The command that shows this run in TensorBoard under a readable name.
+DATE_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")  # outputs/<date>/..., outputs/multirun/<date>/<time>/...
 
-    ``tensorboard --logdir <run>`` would list the run as ``.``; its parent folder lists it by its
-    folder name (``10-30-00.412345-tied-xavier``, or a sweep job's ``init=xavier,model=tied``),
-    next to its neighbours (that day's runs, the sweep's other jobs).
-    """
+
+def _shown(path: Path) -> Path:
+    try:
+        return path.relative_to(Path.cwd().resolve()) or Path(".")
+    except ValueError:
+        return path
+
+
+def day_folder(run_dir: Path) -> Path:
+    """The log directory of a run's day: a single run's parent (``outputs/<date>``), a sweep job's
+    sweep folder's parent when that is a date (``outputs/multirun/<date>``: the day's sweeps), else
+    the sweep folder (a ``hydra.sweep.dir`` of the user's). Each job is one TensorBoard run there
+    (``telemetry.use_runs``), so a day of experiments stays under the 40 runs that TensorBoard's
+    Scalars and Custom Scalars tabs select on first load."""
     run_dir = Path(run_dir).resolve()
     parent = run_dir.parent
-    try:
-        shown = parent.relative_to(Path.cwd().resolve()) or Path(".")
-    except ValueError:
-        shown = parent
-    return f"tensorboard --logdir {shown}  (this run: {run_dir.name})"
+    if (parent / "multirun.yaml").is_file() and DATE_FOLDER.fullmatch(parent.parent.name):
+        return parent.parent
+    return parent
+
+
+def tensorboard_command(run_dir: Path, tied: bool = False) -> str:
+    """The command that shows this run in TensorBoard under a readable name, next to that day's runs;
+    with ``tied``, also the one that draws each use of its tied parameters in its own colour.
+
+    ``tensorboard --logdir <run>`` would list the run as ``.``; the day's folder lists it by its
+    path below it (``10-30-00.412345-tied-xavier``, or a sweep job's ``<time>/init=xavier,model=tied``).
+    """
+    run_dir = Path(run_dir).resolve()
+    day = day_folder(run_dir)
+    line = f"tensorboard --logdir {_shown(day)}  (this run: {run_dir.relative_to(day).as_posix()})"
+    if tied:
+        sweep = run_dir.parent if (run_dir.parent / "multirun.yaml").is_file() else run_dir
+        line += f"; each use in its own colour: python scripts/uses_view.py {_shown(sweep)}"
+    return line
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

@@ -313,7 +313,7 @@ class Run:
         save_weights(self.model, self.run_dir / WEIGHTS_FINAL)
         (self.run_dir / FAILURE_FILE).unlink(missing_ok=True)  # a resumed run that finishes is no longer a failure
         log.info("done: loss/train %.6f (the mean since the previous point)  loss/val %.6f; see it with: %s",
-                 self.train_loss, self.val_loss, tensorboard_command(self.run_dir))
+                 self.train_loss, self.val_loss, tensorboard_command(self.run_dir, tied=bool(self.lens.uses())))
         return self.val_loss
 
 

@@ -12,8 +12,7 @@ use the lens saw is logged as the use ``unattributed``, with a warning that says
 from __future__ import annotations
 
 import logging
-import re
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 import torch
 from torch import nn
@@ -22,6 +21,7 @@ from ..uses import UNATTRIBUTED
 from . import tags
 from .protos import custom_scalars, text
 from .signals import Signal, Watched
+from .use_runs import LABELS_TEXT, labels_markdown, run_layout, use_labels
 
 log = logging.getLogger(__name__)
 
@@ -50,36 +50,6 @@ def use_statistics(name: str, param: nn.Parameter, uses: Dict[str, torch.Tensor]
         parts.append(torch.stack([(uses[a].reshape(uses[a].shape[0], -1) != 0).any(dim=1).float().mean()
                                   for a in aliases]))
     return names, torch.cat(parts)  # one value per tag, one tensor
-
-
-USES_DIR = "uses"  # each use's sub-run: <run>/uses/<where the use happened>
-
-
-def use_run(use: str) -> str:
-    """The sub-run that draws a use's line: ``4.weight`` -> ``uses/4`` (the module of that use);
-    ``wte.weight@lm_head`` and ``unattributed`` keep their whole name."""
-    site, _, leaf = use.rpartition(".")
-    return f"{USES_DIR}/{site if site and '@' not in use else use}"
-
-
-def tied_layout(shared: Dict[str, Sequence[str]]) -> Dict[str, Dict[str, list]]:
-    """Custom-scalars layout: one chart per shared parameter (``shared``: name -> its uses). Its one
-    tag, ``tied/<name>/grad_norm``, is the sum in the run itself and each use's own gradient norm
-    in the use's sub-run, so TensorBoard draws the sum and every use each in its own colour (it
-    colours by run)."""
-    charts = {}
-    for name, uses in shared.items():
-        runs = ", ".join(use_run(a) for a in uses)
-        title = f"{name}: gradient norm, the sum (this run) and each use (runs {runs})"
-        charts[title] = ["Multiline", [re.escape(tags.tied_grad_norm(name)) + "$"]]
-    return {"tied parameters": charts}
-
-
-def uses_markdown(shared: Dict[str, Sequence[str]]) -> str:
-    if not shared:
-        return "No parameter was used more than once in a training step."
-    rows = [f"| {name} | {len(uses)} | {', '.join(uses)} |" for name, uses in shared.items()]
-    return "\n".join(["| parameter | uses | where (in the order of the forward pass) |", "|---|---|---|", *rows])
 
 
 CAUSES = ("a custom autograd function (torch.autograd.Function) that takes the parameter, a compiled graph "
@@ -126,14 +96,14 @@ class Tied(Signal):
         for name, uses in shared.items():
             names, values = use_statistics(name, self.uses.params[name], uses, rows=name in self._rows)
             record.extend(names, values)
-            for i, use in enumerate(uses):  # each use's norm again, in its use's sub-run (one colour each)
-                record.add(tags.tied_grad_norm(name), values[i], self.watched.sub_run(use_run(use)))
         found = {name: list(uses) for name, uses in shared.items()}
         if any(self._layout.get(name) != uses for name, uses in found.items()):
             first = not self._layout
             self._layout.update(found)
-            self.watched.events.write_summary(custom_scalars(tied_layout(self._layout)), step)
-            self.watched.events.write_summary(text("uses", uses_markdown(self._layout)), step)
+            # one run per job, the uses as its tags (use_runs says why, and how to see them in colour)
+            self.watched.events.write_summary(custom_scalars(run_layout(self._layout)), step)
+            labels = {name: use_labels(self.watched.model, uses) for name, uses in self._layout.items()}
+            self.watched.events.write_summary(text(LABELS_TEXT, labels_markdown(labels)), step)
             if first:
                 log.info("shared parameters (found by use): %s", "; ".join(
                     f"{name} ({len(uses)} uses)" for name, uses in self._layout.items()))
