@@ -15,13 +15,13 @@ from typing import Dict, Set
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS = [  # bottom first; names relative to the package, globs allowed
-    ["experiments", "errors", "targets", "telemetry", "telemetry.tags"],  # vocabulary: no logic to depend on
+    ["experiments", "errors", "targets", "telemetry", "telemetry.tags", "use_roles"],  # vocabulary: no logic to depend on
     ["tying", "uses", "layers", "objective", "models", "initialization", "summary", "data", "data.*", "runs", "checkpoints",
      "guards", "progress", "run_folder", "resume", "slurm"],  # parts
     ["telemetry.*"],  # watching a model train
     ["experiment", "config", "cli_help"],  # an experiment set up from its config
     ["training"],  # the loop
-    ["failures", "sweeps", "report", "report_figures", "inspection", "benchmark", "benchmark_lightning"],  # what runs or reads runs
+    ["failures", "sweeps", "headline", "report", "report_figures", "inspection", "benchmark", "benchmark_lightning"],  # what runs or reads runs
     ["hydra_plugins.experiments_launcher*"],  # the Slurm launcher Hydra loads (src/hydra_plugins/)
 ]
 

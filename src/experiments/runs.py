@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from . import use_roles
 from .errors import CheckpointError, ConfigError
 from .telemetry import tags
 
@@ -116,6 +117,7 @@ class Job:
     reason: str = ""
     curves: Dict[str, Curve] = field(default_factory=dict)
     started: float = math.nan  # wall time of the first event (the writer's creation)
+    roles: Dict[str, Dict[str, str]] = field(default_factory=dict)  # the run's use_roles text: param -> use -> role
 
     def last(self, tag: str) -> float:
         curve = self.curves.get(tag)
@@ -141,6 +143,15 @@ class Job:
     def uses(self, name: str) -> List[str]:
         return sorted({t.use for t in map(tags.parse, self.curves) if t and t.kind == "tied" and t.name == name and t.use})
 
+    def use_roles(self, name: str) -> Dict[str, str]:
+        """The uses of tied parameter ``name`` that were logged -> their roles (``input``/``output``,
+        ``t-k``, ``depth k``), in display order: as the run wrote them, else from the names alone."""
+        logged = self.uses(name)
+        written = self.roles.get(name, {})
+        if written and set(logged) <= set(written):
+            return {use: role for use, role in written.items() if use in logged}
+        return use_roles.roles(logged)
+
 
 def is_run(folder: Path) -> bool:
     names = os.listdir(folder)
@@ -158,8 +169,9 @@ def find_runs(root: Path) -> List[Path]:
     return runs
 
 
-def read_curves(folder: Path) -> Tuple[Dict[str, Curve], float]:
-    """Every scalar curve of a run, read with TensorBoard's EventAccumulator, and when it started."""
+def read_curves(folder: Path) -> Tuple[Dict[str, Curve], float, Dict[str, Dict[str, str]]]:
+    """Every scalar curve of a run, read with TensorBoard's EventAccumulator, when it started, and the
+    roles of its tied parameters' uses (its ``use_roles`` text; empty without one)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     sizes = {"scalars": 0, "histograms": 1, "tensors": 1, "images": 1, "audio": 1, "compressedHistograms": 1}
@@ -170,7 +182,11 @@ def read_curves(folder: Path) -> Tuple[Dict[str, Curve], float]:
         started = acc.FirstEventTimestamp()
     except ValueError:  # no events at all
         started = math.nan
-    return curves, started
+    roles = {}
+    if f"{tags.USE_ROLES}/text_summary" in acc.Tags()["tensors"]:
+        (text,) = acc.Tensors(f"{tags.USE_ROLES}/text_summary")[-1].tensor_proto.string_val
+        roles = use_roles.parse_roles_markdown(text.decode("utf-8"))
+    return curves, started, roles
 
 
 def _masked_crc32c(data: bytes) -> Optional[int]:
@@ -224,7 +240,7 @@ def load_job(folder: Path, root: Path) -> Job:
     job.status, job.reason = status_of(folder)
     events = sorted(p for p in folder.iterdir() if p.name.startswith(EVENTS))
     if events:
-        job.curves, job.started = read_curves(folder)
+        job.curves, job.started, job.roles = read_curves(folder)
     for path in events:
         problem = event_file_problem(path)
         if problem and (job.status == "ok" or "damaged" in problem):  # a killed run may end in a partial record
@@ -286,3 +302,30 @@ def varying_overrides(jobs: List[Job]) -> Tuple[List[List[str]], List[str]]:
     common = set(jobs[0].overrides).intersection(*(j.overrides for j in jobs[1:]))
     shared = [o for o in jobs[0].overrides if o in common]
     return [[o for o in j.overrides if o not in common] for j in jobs], shared
+
+
+def _value_key(value: str):
+    """Sort key of an override's value: null first, then numbers as numbers, then words."""
+    if value in ("null", "None", ""):
+        return (0, 0.0, "")
+    try:
+        return (1, float(value), "")
+    except ValueError:
+        return (2, 0.0, value)
+
+
+def by_swept_value(jobs: List[Job]) -> List[Job]:
+    """The jobs in the order of what the sweep varies (``init.gain=0.5`` before ``1.0`` before ``2.0``),
+    the first varying key first, numbers as numbers, ``null`` before any number: the order in which
+    a sweep's figures and headline read as a series. (The report's table ranks by loss instead.)"""
+    overrides, _ = varying_overrides(jobs)
+    keys: List[str] = []
+    for job_overrides in overrides:
+        keys += [k for k in (o.partition("=")[0] for o in job_overrides) if k not in keys]
+
+    def key(pair):
+        job, job_overrides = pair
+        values = dict(o.partition("=")[::2] for o in job_overrides)
+        return [_value_key(values.get(k, "")) for k in keys] + [(3, 0.0, job.name)]
+
+    return [job for job, _ in sorted(zip(jobs, overrides), key=key)]

@@ -27,6 +27,7 @@ LOSS_TRAIN_EPOCH = "loss/train_epoch"  # the mean over the epoch, at its last st
 ACC_TRAIN, ACC_VAL = "acc/train", "acc/val"
 PPL_VAL = "ppl/val"  # perplexity, exp(loss/val), for next-token prediction
 GRAD_NORM_TOTAL = "grad_norm/total"  # the norm of all gradients together (before clipping)
+USE_ROLES = "use_roles"  # text: each tied parameter's uses and their roles (input/output, t-k, depth k)
 PER_PARAMETER = ("param_norm", "grad_norm", "update_ratio", "param", "grad")  # <signal>/<param>
 
 

@@ -18,9 +18,10 @@ from torch import nn
 
 from ..errors import TieGradientMismatch
 from ..tying import TieGroup
+from ..use_roles import roles, roles_markdown
 from ..uses import UseViews
 from . import tags
-from .protos import custom_scalars
+from .protos import custom_scalars, text
 from .signals import Signal, Watched
 
 
@@ -62,6 +63,18 @@ def mismatch(name: str, uses: List[str], error: float, tolerance: float) -> TieG
     )
 
 
+def use_roles(model: nn.Module, groups: List[TieGroup]) -> Dict[str, Dict[str, str]]:
+    """Each tied parameter's uses -> their roles (``experiments.use_roles``): a use whose module is an
+    ``nn.Embedding`` is the input side of an embedding tie."""
+    def is_embedding(alias: str) -> bool:
+        try:
+            return isinstance(model.get_submodule(alias.rpartition(".")[0].partition("#")[0]), nn.Embedding)
+        except AttributeError:  # a name that is no module path
+            return False
+
+    return {g.canonical: roles(g.aliases, {a for a in g.aliases if is_embedding(a)}) for g in groups}
+
+
 USES_DIR = "uses"  # each use's sub-run: <run>/uses/<module of the use>
 
 
@@ -99,6 +112,7 @@ class Tied(Signal):
                     for p in m.parameters(recurse=False)}
         self._rows = {g.canonical for g in watched.groups if id(g.param) in embedded}
         watched.events.write_summary(custom_scalars(tied_layout(watched.groups)))
+        watched.events.write_summary(text(tags.USE_ROLES, roles_markdown(use_roles(watched.model, watched.groups))))
 
     def before_forward(self, step) -> None:
         self.uses.start_capture()
