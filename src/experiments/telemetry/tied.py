@@ -97,7 +97,8 @@ def tied_layout(groups: List[TieGroup]) -> Dict[str, Dict[str, list]]:
 
 class Tied(Signal):
     """``tied/<param>/...``: the summed gradient of each tied parameter, each use's own
-    gradient and its cosine with the sum, and the cancellation; checks that the uses add up."""
+    gradient and its cosine with the sum, and the cancellation; checks that the uses add up. Writes
+    each use's role once, as the text ``use_roles``."""
 
     name = "tied"
 
