@@ -1,7 +1,7 @@
 """The package's layers: every import goes down (or within a layer), and nothing imports in a circle.
 
 Imports are read from the source (function-local ones too, which hide cycles from a plain
-``import``). A new module must be placed in a layer here; the README's "Layout" draws the same
+``import``). A new module must be placed in a layer here; docs/reference/layout.md draws the same
 picture.
 """
 
@@ -57,7 +57,7 @@ def layer_of(name: str) -> int:
     for i, layer in enumerate(LAYERS):  # globs after exact names: "telemetry.tags" sits below "telemetry.*"
         if any(fnmatch.fnmatchcase(short, pattern) for pattern in layer):
             return i
-    raise AssertionError(f"module {name} is in no layer: add it to LAYERS in {__file__} and to the README's Layout")
+    raise AssertionError(f"module {name} is in no layer: add it to LAYERS in {__file__} and to docs/reference/layout.md")
 
 
 def graph() -> Dict[str, Set[str]]:
