@@ -91,6 +91,8 @@ def _series(job: Job, name: str, kind: str) -> Tuple[List[int], Dict[str, List[f
         side = lambda which: [sum(v) for v in zip(*(vals for r, vals in norms.items() if r.startswith(which)))]  # noqa: E731
         out["output / input"] = [_div(o, i) for o, i in zip(side(use_roles.OUTPUT), side(use_roles.INPUT))]
     elif kind == use_roles.TIME:
+        if "t-0" not in norms:  # the step next to the loss was not logged: nothing to compare with
+            return steps, out
         far = max(norms, key=use_roles.distance)
         out[f"{far} / t-0"] = [_div(f, n) for f, n in zip(norms[far], norms["t-0"])]
     else:
