@@ -7,6 +7,7 @@
     python scripts/inspect_params.py run=outputs/2026-11-22/10-30-00.412345-tied-xavier compare=init   # a run's final weights vs its initial
     python scripts/inspect_params.py run=<run folder> weights=step_00000320          # a named checkpoint
     python scripts/inspect_params.py run=<run folder> allow_targets=mypkg.MyLayer    # a run that names code of yours
+    python scripts/inspect_params.py model=tied --dry-run     # check the arguments and compose the config, build nothing
 
 Every other argument is a Hydra override, as for train.py. A run folder is data: its config may name
 only torch.nn modules and init functions and this project's own layers, init functions and data
@@ -24,6 +25,8 @@ def main(argv):
     if {"-h", "--help", "help"} & set(argv):
         print(__doc__.strip())
         return 0
+    dry_run = "--dry-run" in argv
+    argv = [a for a in argv if a != "--dry-run"]
     options, overrides = {}, []
     for arg in argv:
         key, sep, value = arg.partition("=")
@@ -47,6 +50,8 @@ def main(argv):
         if options.get("compare", "init") != "init":
             raise ConfigError(f"compare={options['compare']!r}: only compare=init is supported.")
         reference = None
+        if dry_run:
+            return dry_run_check(options, overrides)
         if "run" in options:
             if overrides:
                 raise ConfigError(f"run=... uses the run's saved config; drop the overrides {' '.join(overrides)}.")
@@ -66,6 +71,20 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(render_json(data) if options.get("format") == "json" else render_text(data))
+    return 0
+
+
+def dry_run_check(options, overrides) -> int:
+    """--dry-run: the options are known and valid (checked above), the overrides compose; nothing is built
+    or read (a run= folder need not exist)."""
+    from experiments.config import compose_config
+    from experiments.errors import ConfigError
+
+    if "run" in options and overrides:
+        raise ConfigError(f"run=... uses the run's saved config; drop the overrides {' '.join(overrides)}.")
+    if "run" not in options:
+        compose_config(overrides, conf_dir=CONF)
+    print("dry run: the arguments are valid" + ("" if "run" in options else " and the config composes"))
     return 0
 
 

@@ -4,6 +4,7 @@
 #   sudo scripts/local_slurm.sh start    # install what is missing (apt), configure, start, wait for the node
 #   sudo scripts/local_slurm.sh status   # which daemons run, sinfo, squeue
 #   sudo scripts/local_slurm.sh stop     # cancel this cluster's jobs, end the daemons started here (by PID)
+#   scripts/local_slurm.sh start --dry-run   # check the command only: install, start and stop nothing
 #
 # Debian/Ubuntu, as root. Installs `slurm-wlm slurmdbd munge mariadb-server mariadb-client` with apt if
 # any is missing (keeping the packages' own service scripts from starting system-wide daemons).
@@ -430,6 +431,11 @@ cmd_status() {
     ((any)) || return 3
 }
 
+if [[ ${2:-} == --dry-run ]]; then
+    case ${1:-} in
+        start|stop|status) say "dry run: would $1 the local Slurm in $DIR"; exit 0 ;;
+    esac
+fi
 case ${1:-} in
     start) cmd_start ;;
     stop) cmd_stop ;;

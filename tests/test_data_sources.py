@@ -242,7 +242,7 @@ def write_houses(path, rows=500):
 
 
 def test_readme_house_price_example_converges_at_the_default_lr(tmp_path, make_cfg):
-    """``python train.py data=csv data.path=houses.csv data.target=price`` (the README's example, default
+    """``python train.py data=csv data.path=houses.csv data.target=price`` (the docs' example, default
     model and lr): the standardized target trains; the raw target (the old behaviour) diverges."""
     path, price = write_houses(tmp_path / "houses.csv")
     assert 450 < price.mean() < 550 and price.std() > 100

@@ -1,7 +1,7 @@
 """The package's layers: every import goes down (or within a layer), and nothing imports in a circle.
 
 Imports are read from the source (function-local ones too, which hide cycles from a plain
-``import``). A new module must be placed in a layer here; the README's "Layout" draws the same
+``import``). A new module must be placed in a layer here; docs/reference/layout.md draws the same
 picture.
 """
 
@@ -15,14 +15,14 @@ from typing import Dict, Set
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS = [  # bottom first; names relative to the package, globs allowed
-    ["experiments", "errors", "targets", "telemetry", "telemetry.tags"],  # vocabulary: no logic to depend on
+    ["experiments", "errors", "targets", "telemetry", "telemetry.tags", "use_roles"],  # vocabulary: no logic to depend on
     ["tying", "uses", "layers", "outputs", "objective", "target_models", "models", "initialization", "summary", "data",
      "data.*", "runs", "checkpoints", "checkpoint_checks", "guards", "progress", "run_folder", "resume", "slurm", "memory",
      "run_files", "event_records", "distributed", "ddp", "distributed_run"],  # parts
     ["telemetry.*"],  # watching a model train
     ["experiment", "config", "cli_help", "fit", "lens"],  # an experiment set up from its config; the public lens
     ["training"],  # the loop
-    ["failures", "sweeps", "report", "report_figures", "inspection", "benchmark", "benchmark_lightning",
+    ["failures", "sweeps", "headline", "report", "report_figures", "inspection", "benchmark", "benchmark_lightning",
      "benchmark_distributed"],  # what runs or reads runs
     ["hydra_plugins.experiments_launcher*"],  # the launchers Hydra loads (src/hydra_plugins/): Slurm, and joblib and submitit_local that stop cleanly
 ]
@@ -59,7 +59,7 @@ def layer_of(name: str) -> int:
     for i, layer in enumerate(LAYERS):  # globs after exact names: "telemetry.tags" sits below "telemetry.*"
         if any(fnmatch.fnmatchcase(short, pattern) for pattern in layer):
             return i
-    raise AssertionError(f"module {name} is in no layer: add it to LAYERS in {__file__} and to the README's Layout")
+    raise AssertionError(f"module {name} is in no layer: add it to LAYERS in {__file__} and to docs/reference/layout.md")
 
 
 def graph() -> Dict[str, Set[str]]:

@@ -153,7 +153,7 @@ def test_a_report_into_a_read_only_folder_says_so_and_out_writes_it_elsewhere(ru
         elsewhere = tmp_path / "reports" / "run"
         result = run_cli([str(folder / "run"), "--out", str(elsewhere)], script="scripts/report.py", timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert sorted(p.name for p in elsewhere.iterdir()) == ["param_norms_default.png", "report.csv", "report.md",
+        assert sorted(p.name for p in elsewhere.iterdir()) == ["headline.csv", "param_norms_default.png", "report.csv", "report.md",
                                                                "tied_grad_norms.png", "val_loss.png"]
         assert not list(folder.glob("run/report*"))
     finally:

@@ -45,7 +45,7 @@ PACKAGED_CONF_DIR = Path(__file__).resolve().parent / "conf"  # a copy shipped i
 class ModelConfig:
     """An architecture: a list of layer specs (see ``models.py`` for the spec language)."""
 
-    name: str = MISSING
+    name: str = MISSING  # the option's name (conf/model/<name>.yaml)
     width: int = 8  # hidden width
     depth: int = 1  # hidden layers of the plain MLP
     blocks: int = 4  # blocks of the nested network
@@ -53,11 +53,11 @@ class ModelConfig:
     uses: int = 2  # how many times the tied network calls its shared layer
     hidden: int = 64  # hidden width of the window language model (tied_lm)
     cell: str = "rnn"  # the unrolled recurrent cell: rnn (Elman) | gru
-    activation: str = "torch.nn.ReLU"
+    activation: str = "torch.nn.ReLU"  # the activation module, by dotted path (torch.nn.Tanh)
     out_features: int = 1  # width of the last layer (the model YAMLs take it from data.num_outputs)
     lazy: bool = True  # LazyLinear & co. where an input size is not given
     shared: Dict[str, Any] = field(default_factory=dict)  # name -> layer spec, one object
-    layers: List[Any] = MISSING
+    layers: List[Any] = MISSING  # the layer specs, in order (see models.py: _target_, shared names, repeat, sequential)
     tie: List[List[str]] = field(default_factory=list)  # groups of parameter names to tie
     tie_embeddings: bool = True  # false: model.tie's parameters start as copies, not tied (the untied twin)
     grad_scale: Dict[str, float] = field(default_factory=dict)  # use -> gradient factor: +model.grad_scale={0.weight:10}
@@ -72,38 +72,38 @@ class InitRule:
     module: Optional[str] = None  # class name of the owning module, e.g. "Linear"
     kind: str = "any"  # "weight", "bias" or "any": the word in its attribute name (initialization.kind_of)
     min_ndim: int = 0  # only parameters with at least this many dimensions (2: matrices, not LayerNorm's gains)
-    args: Dict[str, Any] = field(default_factory=dict)
+    args: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of fn: {std: 0.01}
 
 
 @dataclass
 class InitConfig:
     """An initialization scheme: an ordered list of rules; later rules override earlier ones."""
 
-    name: str = MISSING
+    name: str = MISSING  # the option's name (conf/init/<name>.yaml)
     std: float = 0.01  # used by the normal scheme
     value: float = 1.0  # used by the constant scheme
     gain: float = 1.0  # used by the recurrent scheme (orthogonal recurrent weights)
-    rules: List[InitRule] = field(default_factory=list)
+    rules: List[InitRule] = field(default_factory=list)  # every rule that matches runs, in order
 
 
 @dataclass
 class SGDConfig:
-    _target_: str = "torch.optim.SGD"
-    _partial_: bool = True
-    lr: float = 0.03
-    momentum: float = 0.0
-    weight_decay: float = 0.0
+    _target_: str = "torch.optim.SGD"  # the optimizer class
+    _partial_: bool = True  # built later, with the model's parameters
+    lr: float = 0.03  # the learning rate
+    momentum: float = 0.0  # the momentum factor (0: plain SGD)
+    weight_decay: float = 0.0  # L2 penalty (added to the gradient)
     fused: Optional[bool] = None  # None: fused (skips a non-finite step on the device); false: foreach
 
 
 @dataclass
 class AdamConfig:
-    _target_: str = "torch.optim.Adam"
-    _partial_: bool = True
-    lr: float = 0.001
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    _target_: str = "torch.optim.Adam"  # the optimizer class
+    _partial_: bool = True  # built later, with the model's parameters
+    lr: float = 0.001  # the learning rate
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # decay rates of the moment estimates
+    eps: float = 1e-8  # added to the denominator
+    weight_decay: float = 0.0  # L2 penalty (added to the gradient)
     fused: Optional[bool] = None  # None: fused (skips a non-finite step on the device); false: foreach
 
 
@@ -117,8 +117,8 @@ class DistributedConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
-    seed: int = 0
+    epochs: int = 10  # passes over the training data
+    seed: int = 0  # seeds the data, the initialization and the shuffling: same seed, same numbers on the CPU
     device: str = "auto"  # auto | cpu | cuda
     checkpoint_every: int = 1  # epochs between numbered checkpoints (0: only checkpoints/last.pt)
     resume: Optional[str] = None  # a run folder, a checkpoint file, or "auto" (this run folder's last.pt)

@@ -48,6 +48,7 @@ class Problem:
 class RunEvents:
     curves: Dict[str, Curve] = field(default_factory=dict)
     started: float = math.nan  # wall time of the first event
+    texts: Dict[str, str] = field(default_factory=dict)  # text summaries: tag -> the last text written
     problems: List[Problem] = field(default_factory=list)
 
 
@@ -102,6 +103,7 @@ class _Curves:
 
     def __init__(self) -> None:
         self.curves: Dict[str, Curve] = {}
+        self.texts: Dict[str, str] = {}
         self.started: Optional[float] = None
         self.file_version: Optional[float] = None
         self.most_recent_step = -1
@@ -130,6 +132,8 @@ class _Curves:
             for value in event.summary.value:
                 if value.HasField("simple_value"):
                     self.curves.setdefault(value.tag, []).append((event.step, event.wall_time, value.simple_value))
+                elif value.tag.endswith("/text_summary") and value.tensor.string_val:
+                    self.texts[value.tag] = value.tensor.string_val[0].decode("utf-8", "replace")
 
 
 def read_run_events(folder: Path, root: Optional[Path] = None) -> RunEvents:
@@ -168,6 +172,6 @@ def read_run_events(folder: Path, root: Optional[Path] = None) -> RunEvents:
                     kept.add(event)
             except _Stop as stop:
                 read.problems.append(stop.problem)
-    read.curves = kept.curves
+    read.curves, read.texts = kept.curves, kept.texts
     read.started = kept.started if kept.started is not None else math.nan
     return read

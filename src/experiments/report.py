@@ -4,12 +4,15 @@ TensorBoard's own reader.
     python scripts/report.py outputs/multirun/2026-11-22/10-54-38   # a sweep
     python scripts/report.py outputs/2026-11-22/10-30-00.412345-tied-xavier   # one run
 
-writes ``report.md``, ``report.csv`` and PNG figures (see ``report_figures``) into that folder, or
-another one (``--out``; a folder that cannot be written is one paragraph naming it and ``--out``).
-A row has the job's overrides, its status (``ok``; ``failed``: it left a ``failure.txt``;
-``incomplete``: neither finished nor failed, e.g. killed or still running), steps, wall time,
-the final train and validation loss (and accuracy), and for each tied parameter its final norm
-and final cancellation when they were logged. Rows are sorted by validation loss.
+writes ``report.md``, ``report.csv``, ``headline.csv`` and PNG figures (see ``report_figures``) into
+that folder, or another one (``--out``; a folder that cannot be written is one paragraph naming it
+and ``--out``). ``report.md`` opens with the headline (``headline``): each job's finding about its tied
+parameters as numbers, the jobs in the order of what the sweep varies. Then the jobs, best validation
+loss first: a row has the job's overrides, its status (``ok``; ``failed``: it left a ``failure.txt``;
+``incomplete``: neither finished nor failed, e.g. killed or still running), steps, wall time, the
+final train and validation loss (and accuracy), and for each tied parameter its final norm and final
+cancellation when they were logged. ``report.md`` shows only the columns whose values differ between
+jobs (and of the tied parameters only those the headline shows); ``report.csv`` has every column.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 
+from . import headline
 from .errors import StorageError, UnreadableFile
 from .run_files import load_yaml, write_replacing
 from .run_folder import WRITE_ERRORS
@@ -59,6 +63,17 @@ def cell(value: object) -> str:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.6g}"
     return str(value)
+
+
+def shown_columns(columns: List[str], table: List[Dict[str, object]], tied: Sequence[str]) -> List[str]:
+    """The columns ``report.md`` shows: rank and job, then those whose values differ between the jobs
+    (every one that has a value, for a single job), of the tied parameters only ``tied``'s."""
+    def differs(column: str) -> bool:
+        values = {cell(row.get(column, "")) for row in table}
+        return len(values) > 1 if len(table) > 1 else values != {""}
+
+    kept = [c for c in columns[3:] if differs(c) and (" " not in c or c.split(" ", 1)[1] in tied)]
+    return ["rank", "job"] + kept
 
 
 def markdown_table(columns: List[str], table: List[Dict[str, object]]) -> str:
@@ -145,8 +160,15 @@ def write_report(folder: Path, figures: bool = True, out: Optional[Path] = None)
 def _write(root: Path, jobs: List[Job], figures: bool, out: Path) -> Report:
     out.mkdir(parents=True, exist_ok=True)
     columns, table = rows(jobs)
-    md_table = markdown_table(columns, table)
-    parts = [f"# Report: {root.name}", "", summary(root, jobs), "", md_table]
+    lines = headline.headline(jobs)
+    shown = shown_columns(columns, table, {line.param for line in lines})
+    md_table = markdown_table(shown, [{**row, "job": row["overrides"] if row["overrides"] != "(none)" else row["job"]}
+                                      for row in table])
+    parts = [f"# Report: {root.name}", "", summary(root, jobs)]
+    found = headline.markdown(lines, jobs)
+    if found:
+        parts += ["", "## Headline", "", found]
+    parts += ["", "## Jobs, best validation loss first", "", md_table]
     failed = [j for j in jobs if j.status == "failed"]
     if failed:
         parts += ["", "## Failed jobs", ""] + [f"- `{j.name}`: {j.reason}" for j in failed]
@@ -154,8 +176,9 @@ def _write(root: Path, jobs: List[Job], figures: bool, out: Path) -> Report:
     if missing:
         parts[2] += f"\n{len(missing)} job(s) of the sweep never started (it was stopped): {', '.join(missing)}."
         parts += ["", "## Jobs that never started", ""] + [f"- `{name}`" for name in missing]
-    files = [out / "report.csv"]
+    files = [out / "report.csv", out / "headline.csv"]
     write_replacing(out / "report.csv", csv_text(columns, table).encode())
+    write_replacing(out / "headline.csv", headline.csv_text(lines).encode())
     if figures:
         from .report_figures import draw_figures
 

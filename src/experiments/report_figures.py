@@ -3,10 +3,12 @@
 - ``val_loss.png``: the validation loss of every job in one plot (failed jobs dashed);
 - ``param_norms_<init>.png``: for each init scheme, every parameter's norm over time, one panel per job;
 - ``tied_grad_norms.png``: for each tied parameter of each job, the summed gradient norm and
-  each use's own, when they were logged;
-- ``grad_through_time.png``: for a recurrent cell unrolled in time (uses named ``...t<k>...``),
+  each use's own, labelled by its role (*input*/*output*, ``t-k``, ``depth k``), when they were logged;
+- ``grad_through_time.png``: for a recurrent cell unrolled in time (uses ``t-0`` … ``t-k``),
   the gradient norm of each time step's use against its distance from the loss, log scale, one
   line per logged step: vanishing gradients fall with distance, exploding ones rise.
+
+Panels and legends follow the order of what the sweep varies (``runs.by_swept_value``), not the loss.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import re
 from pathlib import Path
 from typing import Dict, List
 
+from . import use_roles
 from .run_files import write_replacing
-from .runs import Job, varying_overrides
+from .runs import Job, by_swept_value, varying_overrides
 from .telemetry import tags
 
 MAX_PANELS = 12  # per figure; more jobs than that are left out of the per-job figures, with a note
-TIME_STEP = re.compile(r"(?:^|\.)t(\d+)\.[^.]+$")  # a use named by its time step: 1.t3.weight_hh
 
 
 LONG_FLOAT = re.compile(r"(?<![\w.])\d+\.\d+(?:[eE][-+]?\d+)?(?![\w.])")  # as Optuna writes them: 0.0123456789012345
@@ -80,6 +82,7 @@ def draw_figures(root: Path, jobs: List[Job]) -> List[Path]:
     import matplotlib.pyplot as plt
 
     labels = dict(zip((j.name for j in jobs), (_label(j, o) for j, o in zip(jobs, varying_overrides(jobs)[0]))))
+    jobs = by_swept_value(jobs)
     written = []
     try:
         written.append(_val_loss(plt, root, jobs, labels))
@@ -150,11 +153,11 @@ def _tied_grad_norms(plt, root: Path, jobs: List[Job], labels: Dict[str, str]):
     for ax, (job, name) in zip(axes, shown):
         steps, vals = _steps_values(job.curves[tags.tied_grad_norm(name)])
         ax.plot(steps, vals, color="black", linewidth=2, marker=_marker(steps), label="sum (.grad)")
-        for use in job.uses(name):
+        for use, role in job.use_roles(name).items():
             tag = tags.use_stat(name, use, "grad_norm")
             if tag in job.curves:
                 ax.plot(*_steps_values(job.curves[tag]), linewidth=1, marker=_marker(steps), markersize=3,
-                        label=f"use {use}")
+                        label=f"{role} ({use})")
         ax.set_title(f"{name} — {labels[job.name]}", fontsize="small")
         ax.set(xlabel="step", ylabel="gradient norm")
         ax.legend(fontsize="x-small")
@@ -165,15 +168,18 @@ def _tied_grad_norms(plt, root: Path, jobs: List[Job], labels: Dict[str, str]):
 
 
 def through_time(job: Job):
-    """(parameter, {time step: curve of its use's gradient norm}) for a cell unrolled in time, or None.
+    """(parameter, {distance from the loss: curve of its use's gradient norm}) for a cell unrolled in
+    time (uses ``t-k``), or None.
     ``weight_ih`` if there is one: its gradient at step t is the error reaching step t times that
     step's input, an input of the same scale at every step, so it shows how the error fades or grows
     (``weight_hh``'s first steps multiply a hidden state still growing from zero)."""
     found = {}
     for name in job.tied():
-        steps = {int(m.group(1)): job.curves[tags.use_stat(name, use, "grad_norm")]
-                 for use in job.uses(name) if (m := TIME_STEP.search(use))
-                 and tags.use_stat(name, use, "grad_norm") in job.curves}
+        roles = job.use_roles(name)
+        if use_roles.kind_of_roles(list(roles.values())) != use_roles.TIME:
+            continue
+        steps = {use_roles.distance(role): job.curves[tags.use_stat(name, use, "grad_norm")]
+                 for use, role in roles.items() if tags.use_stat(name, use, "grad_norm") in job.curves}
         if len(steps) > 1:
             found[name] = steps
     if not found:
@@ -190,17 +196,16 @@ def _grad_through_time(plt, root: Path, jobs: List[Job], labels: Dict[str, str])
     fig, axes = _grid(plt, len(shown))
     colours = plt.get_cmap("viridis")
     for ax, (job, (name, steps)) in zip(axes, shown):
-        last_t = max(steps)
         logged = sorted(set.intersection(*({s for s, _, _ in curve} for curve in steps.values())))
         picked = logged if len(logged) <= 8 else [logged[round(i * (len(logged) - 1) / 7)] for i in range(8)]
         for i, step in enumerate(picked):
-            points = sorted((last_t - t, v) for t, curve in steps.items()
+            points = sorted((distance, v) for distance, curve in steps.items()
                             for s, _, v in curve if s == step and v > 0)  # 0 (the first step's h is 0) has no log
             ax.plot([d for d, _ in points], [v for _, v in points], marker="o", markersize=3,
                     color=colours(i / max(1, len(picked) - 1)), label=f"step {step}")
         ax.set_yscale("log")
         ax.set_title(f"{name} — {labels[job.name]}", fontsize="small")
-        ax.set(xlabel="distance from the loss (time steps)", ylabel="gradient norm of that step's use")
+        ax.set(xlabel="distance from the loss, k of the use t-k (time steps)", ylabel="gradient norm of that step's use")
         ax.legend(fontsize="xx-small", ncol=2)
         ax.grid(alpha=0.3, which="both")
     more = f" (first {MAX_PANELS} of {len(panels)})" if len(panels) > MAX_PANELS else ""

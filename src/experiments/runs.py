@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from . import use_roles
 from .errors import CheckpointError, ConfigError, UnreadableFile
 from .event_records import EVENTS, Curve, read_run_events
 from .run_files import load_yaml, open_regular, read_text
@@ -147,6 +148,7 @@ class Job:
     reason: str = ""
     curves: Dict[str, Curve] = field(default_factory=dict)
     started: float = math.nan  # wall time of the first event (the writer's creation)
+    roles: Dict[str, Dict[str, str]] = field(default_factory=dict)  # the run's use_roles text: param -> use -> role
 
     def last(self, tag: str) -> float:
         curve = self.curves.get(tag)
@@ -171,6 +173,16 @@ class Job:
 
     def uses(self, name: str) -> List[str]:
         return sorted({t.use for t in map(tags.parse, self.curves) if t and t.kind == "tied" and t.name == name and t.use})
+
+    def use_roles(self, name: str) -> Dict[str, str]:
+        """The uses of tied parameter ``name`` that were logged -> their roles (``input``/``output``,
+        ``t-k``, ``depth k``), in display order: as the run wrote them, else from the names alone."""
+        logged = self.uses(name)
+        written = self.roles.get(name, {})
+        if written and set(logged) <= set(written):
+            return dict(sorted(((use, role) for use, role in written.items() if use in logged),
+                               key=lambda item: use_roles.display_key(item[1])))
+        return use_roles.roles(logged)
 
 
 def is_run(folder: Path) -> bool:
@@ -229,6 +241,7 @@ def load_job(folder: Path, root: Path) -> Job:
         problems.append(f"its .hydra/ files cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]})")
     events = read_run_events(folder, root)
     job.curves, job.started = events.curves, events.started
+    job.roles = use_roles.parse_roles_markdown(events.texts.get(f"{tags.USE_ROLES}/text_summary", ""))
     for problem in events.problems:
         if problem.partial and job.status != "ok":  # a killed run may end in a partial record
             continue
@@ -310,3 +323,30 @@ def varying_overrides(jobs: List[Job]) -> Tuple[List[List[str]], List[str]]:
     common = set(jobs[0].overrides).intersection(*(j.overrides for j in jobs[1:]))
     shared = [o for o in jobs[0].overrides if o in common]
     return [[o for o in j.overrides if o not in common] for j in jobs], shared
+
+
+def _value_key(value: str):
+    """Sort key of an override's value: null first, then numbers as numbers, then words."""
+    if value in ("null", "None", ""):
+        return (0, 0.0, "")
+    try:
+        return (1, float(value), "")
+    except ValueError:
+        return (2, 0.0, value)
+
+
+def by_swept_value(jobs: List[Job]) -> List[Job]:
+    """The jobs in the order of what the sweep varies (``init.gain=0.5`` before ``1.0`` before ``2.0``),
+    the first varying key first, numbers as numbers, ``null`` before any number: the order in which
+    a sweep's figures and headline read as a series. (The report's table ranks by loss instead.)"""
+    overrides, _ = varying_overrides(jobs)
+    keys: List[str] = []
+    for job_overrides in overrides:
+        keys += [k for k in (o.partition("=")[0] for o in job_overrides) if k not in keys]
+
+    def key(pair):
+        job, job_overrides = pair
+        values = dict(o.partition("=")[::2] for o in job_overrides)
+        return [_value_key(values.get(k, "")) for k in keys] + [(3, 0.0, job.name)]
+
+    return [job for job, _ in sorted(zip(jobs, overrides), key=key)]

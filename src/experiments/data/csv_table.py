@@ -39,7 +39,7 @@ class Config(DataConfig):
     target: str = MISSING  # the column to predict
     features: Optional[List[str]] = None  # None: every other column (all numeric)
     num_outputs: Optional[int] = None  # None: 1 for regression, the number of classes for classification
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2  # the share of the rows held out for validation (a seeded split)
     standardize_target: bool = True  # regression: train on (y - mean) / std of the training rows
 
 

@@ -25,7 +25,7 @@ class DataConfig:
     name: str = MISSING  # the YAML's name: conf/data/<name>.yaml
     task: str = "regression"  # regression (MSE) | classification (cross-entropy, acc/* metrics)
     num_outputs: Optional[int] = 1  # width of the model's last layer; None: found from the data
-    batch_size: int = 32
+    batch_size: int = 32  # examples per optimizer step
 
 
 @dataclass

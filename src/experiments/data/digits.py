@@ -20,7 +20,7 @@ class Config(DataConfig):
     name: str = "digits"
     task: str = "classification"
     num_outputs: Optional[int] = 10
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2  # the share of the examples held out for validation (a seeded split)
 
 
 def load(cfg: DictConfig, seed: int) -> Dataset:

@@ -39,7 +39,7 @@ class Config(DataConfig):
     task: str = "classification"
     num_outputs: Optional[int] = 10
     root: str = "data/fashion_mnist"  # the four IDX .gz files; data.download=true fetches them here
-    download: bool = False
+    download: bool = False  # true: fetch the four files into data.root if they are not there
     url: str = BASE_URL  # where data.download fetches them from (a mirror: the same four files)
     download_timeout: float = 600.0  # seconds for the whole download of a file (a stall fails after 30 s)
     batch_size: int = 256

@@ -20,11 +20,11 @@ from .dataset import DataConfig, Dataset
 class Config(DataConfig):
     _target_: str = "experiments.data.synthetic.load"
     name: str = "synthetic"
-    true_w: List[float] = field(default_factory=lambda: [2.0, -3.4, 1.0, -0.5])
-    true_b: float = 4.2
-    noise: float = 0.01
-    n_train: int = 1000
-    n_val: int = 1000
+    true_w: List[float] = field(default_factory=lambda: [2.0, -3.4, 1.0, -0.5])  # w of y = Xw + b + noise
+    true_b: float = 4.2  # b of y = Xw + b + noise
+    noise: float = 0.01  # the standard deviation of the noise
+    n_train: int = 1000  # training examples
+    n_val: int = 1000  # validation examples
 
 
 def load(cfg: DictConfig, seed: int) -> Dataset:

@@ -22,35 +22,44 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-LOSS_TRAIN, LOSS_VAL = "loss/train", "loss/val"  # loss/train: the mean over the steps since the last point
-LOSS_TRAIN_EPOCH = "loss/train_epoch"  # the mean over the epoch, at its last step
-ACC_TRAIN, ACC_VAL = "acc/train", "acc/val"
-PPL_VAL = "ppl/val"  # perplexity, exp(loss/val), for next-token prediction
+LOSS_TRAIN = "loss/train"  # the training loss: the mean of the batch losses since the previous point
+LOSS_VAL = "loss/val"  # the validation loss, at the end of each epoch
+LOSS_TRAIN_EPOCH = "loss/train_epoch"  # the mean training loss over the epoch, at its last step
+ACC_TRAIN = "acc/train"  # classification: the accuracy of the batches since the previous point
+ACC_VAL = "acc/val"  # classification: the validation accuracy, at the end of each epoch
+PPL_VAL = "ppl/val"  # next-token data: the validation perplexity, exp(loss/val)
 GRAD_NORM_TOTAL = "grad_norm/total"  # the norm of all gradients together (before clipping)
+USE_ROLES = "uses"  # text: each shared parameter's uses and their roles (input/output, t-k, depth k)
 PER_PARAMETER = ("param_norm", "grad_norm", "update_ratio", "param", "grad")  # <signal>/<param>
 
 
 def param_norm(param: str) -> str:
+    """The L2 norm of a unique parameter (``<param>`` as ``named_parameters()`` names it)."""
     return f"param_norm/{param}"
 
 
 def grad_norm(param: str) -> str:
+    """The L2 norm of a parameter's gradient (for a tied one: the sum over its uses, ``.grad``)."""
     return f"grad_norm/{param}"
 
 
 def update_ratio(param: str) -> str:
+    """``‖w_after − w_before‖ / ‖w_before‖`` of one optimizer step."""
     return f"update_ratio/{param}"
 
 
 def param_histogram(param: str) -> str:
+    """A histogram of a parameter's values."""
     return f"param/{param}"
 
 
 def grad_histogram(param: str) -> str:
+    """A histogram of a parameter's gradient."""
     return f"grad/{param}"
 
 
 def tied_grad_norm(param: str) -> str:
+    """The norm of the gradient autograd sums over a tied parameter's uses (its ``.grad``)."""
     return f"tied/{param}/grad_norm"
 
 
@@ -58,16 +67,21 @@ USE_STATS = ("grad_norm", "cos", "rows_touched")
 
 
 def use_stat(param: str, use: str, stat: str) -> str:
-    """``stat``: one of :data:`USE_STATS`."""
+    """One use's own gradient: ``grad_norm`` (its norm), ``cos`` (its cosine with the summed gradient),
+    ``rows_touched`` (for a parameter with an embedding use: the fraction of rows the use's gradient
+    touches; the input use touches the batch's tokens, the output use every row). ``<use>`` is the
+    ``state_dict`` name of that use (``5.weight``; for the unrolled cell, ``1.t3.weight_ih``)."""
     return f"tied/{param}/use/{use}/{stat}"
 
 
 def cancellation(param: str) -> str:
+    """``‖Σ g_use‖ / Σ ‖g_use‖``: 1 when a tied parameter's uses agree, near 0 when they cancel."""
     return f"tied/{param}/cancellation"
 
 
 def activation(layer: str, stat: str) -> str:
-    """``stat``: ``mean``, ``std`` or ``dead_frac``."""
+    """A layer's output statistics over the batch (a tied layer once per use): ``mean``, ``std`` or
+    ``dead_frac`` (after a ReLU, the fraction of units that are zero for every example of the batch)."""
     return f"act/{layer}/{stat}"
 
 

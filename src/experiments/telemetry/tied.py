@@ -21,7 +21,8 @@ from ..uses import UNATTRIBUTED
 from . import tags
 from .protos import custom_scalars, text
 from .signals import Signal, Watched
-from .use_runs import LABELS_TEXT, labels_markdown, run_layout, use_labels
+from ..use_roles import roles_markdown
+from .use_runs import run_layout, use_labels
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class Tied(Signal):
             # one run per job, the uses as its tags (use_runs says why, and how to see them in colour)
             self.watched.events.write_summary(custom_scalars(run_layout(self._layout)), step)
             labels = {name: use_labels(self.watched.model, uses) for name, uses in self._layout.items()}
-            self.watched.events.write_summary(text(LABELS_TEXT, labels_markdown(labels)), step)
+            self.watched.events.write_summary(text(tags.USE_ROLES, roles_markdown(labels)), step)
             if first:
                 log.info("shared parameters (found by use): %s", "; ".join(
                     f"{name} ({len(uses)} uses)" for name, uses in self._layout.items()))

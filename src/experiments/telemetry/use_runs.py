@@ -39,13 +39,14 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import nn
 
 from ..runs import find_runs
+from ..use_roles import parse_roles_markdown, roles_markdown
 from . import tags
 from .events import EventFile
 from .protos import custom_scalars, text
 
 
 SUM = "sum"  # the per-use view's run of the summed gradient (.grad)
-LABELS_TEXT = "uses"  # the Text tab's table of every use and its label (read back by the view)
+LABELS_TEXT = tags.USE_ROLES  # the Text tab's table of every use and its label (read back by the view)
 VIEW_STATS = ("grad_norm", "cos", "rows_touched")  # the per-use tags the view draws, in chart order
 _TIME = re.compile(r"t(\d+)")
 _HASH = re.compile(r"(.*)#(\d+)(\.[^.]+)")  # a use past a module's names: <site>#<k>.<leaf>
@@ -132,20 +133,8 @@ def label_of(labels: Mapping[str, str], use: str) -> str:
     return use
 
 
-def labels_markdown(labels: Mapping[str, Mapping[str, str]]) -> str:
-    """The Text tab's ``uses`` table: parameter, use, label (``labels``: parameter -> use -> label)."""
-    rows = [f"| {param} | {use} | {label} |" for param, uses in labels.items() for use, label in uses.items()]
-    return "\n".join(["| parameter | use | label |", "|---|---|---|", *rows])
-
-
-def read_labels_markdown(markdown: str) -> Dict[str, Dict[str, str]]:
-    """:func:`labels_markdown` read back: parameter -> use -> label."""
-    labels: Dict[str, Dict[str, str]] = {}
-    for line in markdown.splitlines()[2:]:
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 3:
-            labels.setdefault(cells[0], {})[cells[1]] = cells[2]
-    return labels
+labels_markdown = roles_markdown  # the Text tab's ``uses`` table: parameter, use, label (experiments.use_roles)
+read_labels_markdown = parse_roles_markdown
 
 
 # --- the day's log directory: one run per job -------------------------------------------------------
