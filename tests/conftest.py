@@ -48,3 +48,16 @@ def read_events(run_dir: Path):
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
     acc.Reload()
     return acc
+
+
+@pytest.fixture(autouse=True)
+def no_module_hooks_left_behind():
+    """The lens puts global module hooks in only while it watches a step: a test that leaves one behind
+    (a lens or monitor not closed, a step that never ended) fails, and the hooks are taken out."""
+    from torch.nn.modules import module as nn_module
+
+    yield
+    left = len(nn_module._global_forward_hooks) + len(nn_module._global_forward_pre_hooks)
+    nn_module._global_forward_hooks.clear()
+    nn_module._global_forward_pre_hooks.clear()
+    assert left == 0, f"{left} global module hook(s) left behind"

@@ -89,6 +89,7 @@ def test_sums_of_two_uneven_shares_give_the_whole_batch_statistics():
     whole_tags, whole = stats.finish(run(x))
     first, second = run(x[:4]), run(x[4:])
     tags_, values = stats.finish(first + second)
+    stats.close()
     assert tags_ == whole_tags and {"act/1/dead_frac", "act/2/mean", "act/4/mean"} <= set(tags_)
     assert torch.allclose(values, whole, rtol=1e-6, atol=1e-7)
     relu = torch.relu(first_layer(x))
