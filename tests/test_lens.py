@@ -105,3 +105,38 @@ def test_watch_refuses_what_it_cannot_see(tmp_path):
         lens2.step(1)
         lens2.step(5)
     lens2.close()
+
+
+def test_a_compiled_model_is_refused_with_what_to_do(tmp_path):
+    with pytest.raises(ConfigError, match=r"compiled \(torch.compile\).*model._orig_mod.*lens.due\(step\)"):
+        watch(torch.compile(TinyLM()), tmp_path)
+
+
+def test_trainer_compile_with_grad_scale_is_refused(make_cfg, tmp_path):
+    from experiments.training import train
+
+    cfg = make_cfg(["model=tied", "trainer.compile=true", "+model.grad_scale={2.weight:0.5}"])
+    with pytest.raises(ConfigError, match="trainer.compile=true with model.grad_scale"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "weights_init.pt").exists()  # refused before anything is written
+
+
+@pytest.mark.slow
+def test_trainer_compile_logs_what_the_eager_run_logs(make_cfg, tmp_path):
+    """trainer.compile=true: the steps that log run eagerly (the lens sees every use), the others compiled; the
+    logged values equal an eager run's (to rounding: compiled kernels may add in another order)."""
+    from experiments.training import train
+
+    args = ["model=tied_lm", "data=zipf_text", "data.vocab=60", "data.n_train=640", "data.n_val=64",
+            "trainer.epochs=2", "telemetry.loss.every=4", "telemetry.tied.every=4", "telemetry.param_norm.every=4",
+            "telemetry.grad_norm.every=4", "telemetry.update_ratio.every=4", "telemetry.activations.every=4",
+            "telemetry.histograms.enabled=false"]
+    train(make_cfg(args), tmp_path / "eager")
+    train(make_cfg([*args, "trainer.compile=true"]), tmp_path / "compiled")
+    eager, compiled = read_events(tmp_path / "eager"), read_events(tmp_path / "compiled")
+    tags = eager.Tags()["scalars"]
+    assert "tied/0.weight/use/5.weight/grad_norm" in tags and set(compiled.Tags()["scalars"]) == set(tags)
+    for tag in tags:
+        want, got = eager.Scalars(tag), compiled.Scalars(tag)
+        assert [e.step for e in got] == [e.step for e in want], tag
+        assert [e.value for e in got] == pytest.approx([e.value for e in want], rel=1e-4, abs=1e-6, nan_ok=True), tag

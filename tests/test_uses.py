@@ -303,3 +303,15 @@ def test_hugging_face_gpt2_and_albert_uses_equal_their_untied_twins():
                 dict(albert.named_parameters())[emb].grad)
     per_depth = [n for n in got if ".albert_layer_groups.0." in n]
     assert len(per_depth) == sum(1 for n, _ in albert.named_parameters() if ".albert_layer_groups.0." in n)
+
+
+def test_under_bf16_autocast_each_use_stays_float32_and_they_add_up():
+    torch.manual_seed(0)
+    model = TinyLM(functional=True)
+    x, y = torch.randint(0, 11, (9,)), torch.randint(0, 11, (9,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        shared, unsplit = captured(model, lambda m: F.cross_entropy(m(x).float(), y))
+    uses = shared["wte.weight"]
+    assert list(uses) == ["wte.weight", "wte.weight@TinyLM"] and not unsplit  # no unattributed part
+    assert all(g.dtype == torch.float32 for g in uses.values())
+    torch.testing.assert_close(sum(uses.values()), model.wte.weight.grad)
