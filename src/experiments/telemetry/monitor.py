@@ -62,7 +62,6 @@ class Monitor:
         self.events = EventFile(run_dir, purge_step=purge_step) if self.writes else NoEvents()
         self.record = ScalarWriter(self.events)
         named = list(model.named_parameters())
-        self._run_dir, self._purge_step, self._sub_runs = Path(run_dir), purge_step, {}
         device = named[0][1].device if named else torch.device("cpu")
         self.loss_total = torch.zeros((), dtype=torch.float64, device=device)  # every step's loss, added up
         # distributed: this rank's losses since the last reduction (their mean over ranks is the global part)
@@ -70,8 +69,8 @@ class Monitor:
         self._added = 0  # the step whose loss after_backward already added
         if uses is None and self._every.get("tied"):
             uses = Uses(model)
-        watched = Watched(model, [n for n, _ in named], [p for _, p in named], classification, self.events, self.loss_total, uses, self.sub_run, self.loss_local,
-                          self.writes, reducer)
+        watched = Watched(model, [n for n, _ in named], [p for _, p in named], classification, self.events,
+                          self.loss_total, uses, self.loss_local, self.writes, reducer)
         self.signals: Dict[str, Signal] = {
             name: SIGNALS[name](watched) for name, every in self._every.items()
             if every and SIGNALS[name].applies(watched)
@@ -80,13 +79,6 @@ class Monitor:
             signal.cadence = self._every[name]
         self._per_step = [s for s in self.signals.values() if s.watches_every_step()]
         self._step, self._due, self._next = 0, [], 1  # _next: the next step any signal is due
-
-    def sub_run(self, name: str) -> EventFile:
-        """The event file of the sub-run ``<run>/<name>`` (TensorBoard shows it as a run of its own)."""
-        if name not in self._sub_runs:
-            self._sub_runs[name] = EventFile(self._run_dir / name, purge_step=self._purge_step) if self.writes \
-                else NoEvents()
-        return self._sub_runs[name]
 
     def due(self, step: int) -> List[Signal]:
         """The signals that log at ``step``: the first step (the initial state), every N, the last.
@@ -214,8 +206,7 @@ class Monitor:
 
     def flush(self) -> None:
         """Everything logged so far onto disk (before a checkpoint: the two agree after a crash)."""
-        for events in [self.events, *self._sub_runs.values()]:
-            events.flush()
+        self.events.flush()
 
     def text(self, tag: str, markdown: str, step: int = 0) -> None:
         self.events.write_summary(text(tag, markdown), step)
@@ -229,5 +220,4 @@ class Monitor:
     def close(self) -> None:
         for signal in self.signals.values():
             signal.close()
-        for events in [self.events, *self._sub_runs.values()]:
-            events.close()
+        self.events.close()

@@ -32,7 +32,7 @@ the weights, the same on every rank: nothing to reduce.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
@@ -64,7 +64,6 @@ class Watched:
     events: EventFile
     loss_total: Optional[torch.Tensor] = None  # the run's losses added up (float64, on the device)
     uses: Optional[Uses] = None  # the uses of the parameters (experiments.uses), found on the steps that log
-    sub_run: Optional[Callable[[str], EventFile]] = None  # the event file of the sub-run <run>/<name>
     loss_local: Optional[torch.Tensor] = None  # this rank's losses since the last reduction (distributed), else loss_total
     writes: bool = True  # False on ranks other than 0 of a distributed run: computed, not written
     reducer: Optional[Reducer] = None  # a distributed run's (distributed.Reducer); better: hand values over in batch_values

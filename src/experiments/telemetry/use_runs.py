@@ -42,7 +42,7 @@ from ..runs import find_runs
 from ..use_roles import parse_roles_markdown, roles_markdown
 from . import tags
 from .events import EventFile
-from .protos import custom_scalars, text
+from .protos import custom_scalars
 
 
 SUM = "sum"  # the per-use view's run of the summed gradient (.grad)
