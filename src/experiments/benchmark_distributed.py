@@ -53,9 +53,7 @@ def timed_run(cfg, telemetry_all: bool) -> Dict[str, float]:
             while run.epoch <= cfg.trainer.epochs:
                 run.train_epoch(interrupt)
         seconds = time.perf_counter() - start
-        run.monitor.close()
-        if run.uses:
-            run.uses.close()
+        run.lens.close()
         run.release()
     return {"seconds": seconds, "steps": run.step, "reduce_seconds": spent["seconds"], "reduce_calls": spent["calls"]}
 
