@@ -140,3 +140,30 @@ def test_trainer_compile_logs_what_the_eager_run_logs(make_cfg, tmp_path):
         want, got = eager.Scalars(tag), compiled.Scalars(tag)
         assert [e.step for e in got] == [e.step for e in want], tag
         assert [e.value for e in got] == pytest.approx([e.value for e in want], rel=1e-4, abs=1e-6, nan_ok=True), tag
+
+
+def test_watch_with_two_passes_a_step_and_no_loss(tmp_path):
+    """Gradient accumulation: both passes' uses add up under one name each, every activation is one point a
+    step (its statistics over both passes); and with no loss given, the first step logs too."""
+    torch.manual_seed(0)
+    model = TinyLM().double()
+    (x1, y1), (x2, y2) = batches()[:2]
+    with torch.no_grad():
+        mixed = torch.cat([model.mix(model.wte(x1)), model.mix(model.wte(x2))])
+    lens = watch(model, tmp_path, every=1)  # (the loss signal is on: dropped at step 1, none given)
+    for step in (1, 2):
+        for x, y in ((x1, y1), (x2, y2)):  # two micro-batches a step
+            (F.cross_entropy(model(x), y) / 2).backward()
+        lens.step(step)
+        if step == 1:
+            uses = lens.uses()["wte.weight"]
+            assert list(uses) == ["wte.weight", "wte.weight@TinyLM"]
+            torch.testing.assert_close(sum(uses.values()), model.wte.weight.grad)
+        model.zero_grad()
+    lens.close()
+    acc = read_events(tmp_path)
+    assert [e.step for e in acc.Scalars("tied/wte.weight/use/wte.weight@TinyLM/grad_norm")] == [1, 2]
+    mean, std = acc.Scalars("act/mix/mean"), acc.Scalars("act/mix/std")
+    assert [e.step for e in mean] == [1, 2] and [e.step for e in std] == [1, 2]
+    assert mean[0].value == pytest.approx(mixed.mean().item(), rel=1e-5, abs=1e-7)
+    assert std[0].value == pytest.approx(mixed.std().item(), rel=1e-5)

@@ -54,7 +54,14 @@ class Lens:
                  grad_scale: Optional[Mapping[str, float]] = None, total_steps: Optional[int] = None,
                  purge_step: Optional[int] = None, classification: bool = False, first_step: int = 1,
                  reducer: Optional[Reducer] = None, rank: int = 0):
-        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        compiled = torch._dynamo.eval_frame.OptimizedModule
+        inside = next((name for name, m in model.named_modules() if isinstance(m, compiled) and name), None)
+        if inside is not None:
+            raise ConfigError(
+                f"watch(): the module {inside!r} inside this model is compiled (torch.compile), and inside a "
+                f"compiled graph the lens sees no use of a parameter. Compile nothing you watch, or watch the "
+                f"eager model and call the compiled one only on the steps that log nothing (lens.due(step)).")
+        if isinstance(model, compiled):
             raise ConfigError(
                 "watch(): this model is compiled (torch.compile), and inside a compiled graph the lens sees no "
                 "use of a parameter. Watch the eager model (model._orig_mod) and call it on the steps that log "
@@ -66,6 +73,18 @@ class Lens:
         self._pending: Optional[int] = None  # a logged step whose after-update half is still to write
         self._loss_seen: Optional[bool] = None
         self._arm(first_step)
+
+    @property
+    def next_step(self) -> int:
+        """The step number the next :meth:`step` call must give."""
+        return self._next
+
+    def new_pass(self) -> None:
+        """A new forward pass of the step begins. Only a loop that never calls the watched model itself
+        needs it: the model's own call starts a pass, but a loop that calls its parts (a LightningModule
+        watched whole, whose ``training_step`` calls ``self.model``) calls it before each micro-batch, so
+        that every micro-batch's uses have the same names and add up."""
+        self.uses_of.calls.calls = {}
 
     def due(self, step: int) -> bool:
         """Whether ``step`` logs anything (e.g. to run an eager model on that step only)."""
@@ -141,6 +160,13 @@ def watch(model: nn.Module, log_dir: Union[str, Path], every: Union[int, Mapping
     ``grad_scale``: use name (or glob) -> factor on that use's gradient, every step.
     ``total_steps``: the run's length, if known (the last step is then always logged).
     """
+    cfg = telemetry_config(every, signals)
+    return Lens(model, log_dir, cfg, grad_scale=grad_scale, total_steps=total_steps)
+
+
+def telemetry_config(every: Union[int, Mapping[str, int]] = 10, signals: Optional[Iterable[str]] = None) -> DictConfig:
+    """The ``telemetry`` config that :func:`watch`'s ``every`` and ``signals`` mean (checked: an unknown
+    signal or a bad cadence is a :class:`ConfigError`), for building a :class:`Lens` directly."""
     cfg = OmegaConf.structured(telemetry_schema())
     names = [n for n in cfg if n != "enabled"]
     if signals is not None:
@@ -157,4 +183,4 @@ def watch(model: nn.Module, log_dir: Union[str, Path], every: Union[int, Mapping
             raise ConfigError(f"watch(every={dict(every)}): no signal named {name}. Signals: {', '.join(names)}.")
         cfg[name].every = n
     cadences(cfg)  # a bad cadence fails here, before anything is written
-    return Lens(model, log_dir, cfg, grad_scale=grad_scale, total_steps=total_steps)
+    return cfg

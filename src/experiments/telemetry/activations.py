@@ -39,6 +39,31 @@ def mean_std(sums: torch.Tensor):
     return mean.float(), torch.where(n > 1, var.clamp_min(0).sqrt(), torch.zeros_like(var)).float()
 
 
+def merge_passes(sums: torch.Tensor, counts: List, names: List[str]):
+    """Calls of the same use in several forward passes of one step (gradient accumulation) are one call:
+    their sums and counts added, each use once, in the order of first calls. A dead-unit count is kept
+    only where every pass had the same units (a sequence model's units change with the length)."""
+    first: Dict[str, int] = {}
+    for name in names:
+        first.setdefault(name, len(first))
+    if len(first) == len(names):
+        return sums, counts, names
+    index = torch.tensor([first[n] for n in names], device=sums.device)
+    sums = torch.zeros(len(first), sums.shape[1], dtype=sums.dtype, device=sums.device).index_add_(0, index, sums)
+    merged: List = [None] * len(first)
+    mismatched = set()
+    for name, c in zip(names, counts):
+        j = first[name]
+        if c is None or j in mismatched:
+            continue
+        if merged[j] is not None and merged[j].shape != c.shape:
+            mismatched.add(j)
+            merged[j] = None
+            continue
+        merged[j] = c if merged[j] is None else merged[j] + c
+    return sums, merged, list(first)
+
+
 class ActivationStats:
     """Hooks keep each call's output (detached) on the steps that log. :meth:`partials` reduces all of
     them at once, a few tensor operations per group of same-shaped outputs rather than several per module
@@ -92,12 +117,15 @@ class ActivationStats:
                     nonzero = (stacked != 0).sum(dim=1, dtype=torch.float64).reshape(len(chunk), -1)
                     for j, i in enumerate(chunk):
                         counts[i] = nonzero[j]
-        self._layout = [(name, 0 if counts[i] is None else counts[i].numel()) for i, (name, _, _) in enumerate(records)]
         if not records:
+            self._layout = []
             return torch.zeros(0, dtype=torch.float64)
         position = torch.empty(len(records), dtype=torch.long)
         position[torch.tensor(order)] = torch.arange(len(records))
         sums = torch.cat(blocks)[position.to(blocks[0].device)]  # in the order of the calls
+        names = [name for name, _, _ in records]
+        sums, counts, names = merge_passes(sums, counts, names)
+        self._layout = [(name, 0 if c is None else c.numel()) for name, c in zip(names, counts)]
         return torch.cat([sums.reshape(-1), *(c for c in counts if c is not None)])
 
     def collect(self, keep_hooks: bool = False) -> Tuple[List[str], torch.Tensor]:
