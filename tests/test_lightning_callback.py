@@ -14,6 +14,7 @@ from experiments.errors import ConfigError
 pytestmark = pytest.mark.slow  # importing Lightning takes seconds (here, not when the default suite collects)
 
 VOCAB, DIM, STEPS, ACCUM, BATCH, LR, SCALE = 11, 6, 10, 2, 8, 0.5, 0.5
+EPOCH = 5  # optimizer steps an epoch: 2 epochs
 LOGGED = [1, 3, 6, 9, 10]  # every 3, the first and the last (max_steps)
 
 
@@ -68,24 +69,27 @@ def lightning():
     return pl, LensCallback, Lit, TwoOptimizers
 
 
-def data():
+def data(same=False):
+    """An epoch of micro-batches; ``same``: all of them the first one."""
     g = torch.Generator().manual_seed(1)
-    n = STEPS * ACCUM * BATCH
-    return torch.randint(0, VOCAB, (n,), generator=g), torch.randint(0, VOCAB, (n,), generator=g)
+    n = (1 if same else EPOCH * ACCUM) * BATCH
+    x, y = torch.randint(0, VOCAB, (n,), generator=g), torch.randint(0, VOCAB, (n,), generator=g)
+    return (x.repeat(EPOCH * ACCUM), y.repeat(EPOCH * ACCUM)) if same else (x, y)
 
 
-def replay(model):
+def replay(model, same=False):
     """Float64 SGD over the same micro-batches (each loss / ACCUM), the output use an untied leaf scaled by
     SCALE: (weights after, per-step (input use, output use, sum) norms and losses)."""
     e = model.wte.weight.detach().clone()
     m, b = model.mix.weight.detach().clone(), model.mix.bias.detach().clone()
-    x_all, y_all = data()
+    x_all, y_all = data(same)
     norms, losses = [], []
     for step in range(STEPS):
         e_in, e_out, mw, mb = (t.clone().requires_grad_() for t in (e, e, m, b))
         loss = 0.0
         for k in range(ACCUM):
-            rows = slice((step * ACCUM + k) * BATCH, (step * ACCUM + k + 1) * BATCH)
+            first = ((step % EPOCH) * ACCUM + k) * BATCH
+            rows = slice(first, first + BATCH)
             h = torch.tanh(F.embedding(x_all[rows], e_in) @ mw.T + mb)
             part = F.cross_entropy(h @ e_out.T, y_all[rows]) / ACCUM
             part.backward()
@@ -97,13 +101,13 @@ def replay(model):
     return {"wte.weight": e, "mix.weight": m, "mix.bias": b}, norms, losses
 
 
-def fit(callback, model, **trainer_args):
+def fit(callback, model, ckpt_path=None, same=False, **trainer_args):
     pl, _, Lit, _ = lightning()
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data()), batch_size=BATCH)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=STEPS, accumulate_grad_batches=ACCUM, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[callback], **trainer_args)
-    trainer.fit(Lit(model), loader)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data(same)), batch_size=BATCH)
+    settings = dict(accelerator="cpu", devices=1, max_steps=STEPS, accumulate_grad_batches=ACCUM, logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(callbacks=[callback], **{**settings, **trainer_args})
+    trainer.fit(Lit(model), loader, ckpt_path=ckpt_path)
     return trainer
 
 
@@ -134,6 +138,32 @@ def test_lightning_fit_equals_the_untied_replay(tmp_path, module, prefix, head):
     assert loss[0].value == pytest.approx(losses[0], rel=1e-6)
     assert loss[1].value == pytest.approx((losses[1] + losses[2]) / 2, rel=1e-6)
     assert [e.step for e in acc.Scalars(f"param_norm/{prefix}mix.weight")] == LOGGED  # after each update
+
+
+def test_a_resumed_fit_logs_on_from_its_checkpoint(tmp_path):
+    """Stopped at step 3 (a checkpoint) and resumed from it: the steps after it are logged once, with the values
+    of the uninterrupted replay, the first loss point averaging steps 4 to 6 (the lens's state came back). Every
+    micro-batch is the same one here: Lightning restarts the data of a resumed epoch from its start."""
+    torch.manual_seed(0)
+    model = TinyLM().double()
+    expected, norms, losses = replay(model, same=True)
+    _, LensCallback, _, _ = lightning()
+    scale = {"model.wte.weight@model": SCALE}
+    trainer = fit(LensCallback(tmp_path / "lens", every=3, grad_scale=scale), model, same=True, max_steps=3)
+    trainer.save_checkpoint(tmp_path / "step3.ckpt")
+    resumed = TinyLM().double()  # (the checkpoint gives its weights)
+    fit(LensCallback(tmp_path / "lens", every=3, grad_scale=scale), resumed, same=True, ckpt_path=tmp_path / "step3.ckpt")
+
+    for name, want in expected.items():
+        torch.testing.assert_close(dict(resumed.named_parameters())[name], want, rtol=1e-10, atol=1e-12)
+    acc = read_events(tmp_path / "lens")
+    events = acc.Scalars("tied/model.wte.weight/use/model.wte.weight@model/grad_norm")
+    assert [e.step for e in events] == LOGGED
+    assert [e.value for e in events] == pytest.approx([norms[s - 1][1] for s in LOGGED], rel=1e-5)
+    loss = acc.Scalars("loss/train")
+    assert [e.step for e in loss] == LOGGED
+    assert [e.value for e in loss] == pytest.approx([losses[0], sum(losses[1:3]) / 2, sum(losses[3:6]) / 3,
+                                                     sum(losses[6:9]) / 3, losses[9]], rel=1e-6)
 
 
 def test_lightning_refuses_what_it_cannot_log(tmp_path):

@@ -61,6 +61,7 @@ class LensCallback(pl.Callback):
         self.telemetry = telemetry_config(every, signals)  # a bad signal or cadence fails here, not at fit
         self.lens: Optional[Lens] = None
         self._loss: Optional[torch.Tensor] = None
+        self._saved: Optional[dict] = None  # the lens's state from the checkpoint a fit resumes
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._refuse(trainer)
@@ -70,7 +71,16 @@ class LensCallback(pl.Callback):
         total = int(total) if total != float("inf") else None
         self.lens = Lens(watched, self.log_dir, self.telemetry, grad_scale=self.grad_scale, total_steps=total,
                          first_step=done + 1, purge_step=done + 1 if done else None)
-        self._loss = None
+        if done and self._saved:
+            self.lens.monitor.load_state_dict(self._saved)  # e.g. the first loss/train point averages from the last
+        self._loss, self._saved = None, None
+
+    def state_dict(self) -> dict:
+        """What Lightning keeps in a checkpoint for this callback: the lens's running state."""
+        return {"monitor": self.lens.monitor.state_dict()} if self.lens is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._saved = state_dict.get("monitor")
 
     def _refuse(self, trainer: "pl.Trainer") -> None:
         why = None
