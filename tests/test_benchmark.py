@@ -8,8 +8,8 @@ from conftest import run_cli
 
 
 def test_bench_smoke(tmp_path):
-    result = run_cli(["--repeats", "1", "--quick", "--processes", "0", "--out", str(tmp_path)], script="scripts/bench.py",
-                     timeout=300)
+    result = run_cli(["--repeats", "1", "--quick", "--processes", "0", "--workloads", "tiny", "wide", "--out",
+                      str(tmp_path)], script="scripts/bench.py", timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads((tmp_path / "bench.json").read_text())
     variants = ["plain loop", "ours, telemetry off", "ours, default", "ours, default + model.grad_scale",
@@ -24,6 +24,34 @@ def test_bench_smoke(tmp_path):
                                           "train.py to first step", "train.py to exit"}
     md = (tmp_path / "bench.md").read_text()
     assert md in result.stdout and "| tiny | ours, every signal every step |" in md and "× the floor script" in md
+    assert list(data["workloads"]) == ["tiny", "wide"] and data["lens_cost"] is None
+
+
+@pytest.mark.slow
+def test_bench_hf_gpt2_and_the_lens_cost(tmp_path):
+    """The hf_gpt2 workload (every variant), the cost of a logged step against an unwatched one, the memory."""
+    pytest.importorskip("transformers")
+    result = run_cli(["--repeats", "1", "--quick", "--processes", "0", "--workloads", "hf_gpt2", "--out",
+                      str(tmp_path)], script="scripts/bench.py", timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads((tmp_path / "bench.json").read_text())
+    rows = data["workloads"]["hf_gpt2"]
+    assert list(rows)[:5] == ["plain loop", "ours, telemetry off", "ours, default", "ours, default + model.grad_scale",
+                              "ours, every signal every step"]
+    assert all(r["steps_per_s"] > 0 for r in rows.values())
+    steps = data["lens_cost"]["steps"]
+    assert list(steps) == ["unwatched step", "quiet step (lens attached, nothing due)",
+                           "quiet step, model.grad_scale on one use", "logged step: every use captured (tied)",
+                           "logged step: every default signal"]
+    assert steps["unwatched step"]["ratio"] == 1.0 and all(r["cpu_ms"] > 0 for r in steps.values())
+    memory = data["lens_cost"]["memory"]
+    wte = 256 * 32 * 4  # data.vocab x n_embd, float32: the tied embedding, read twice (embedding and head)
+    assert memory["uses"] == 29  # 28 parameters, the embedding used twice
+    assert memory["one gradient per use"] == memory["gradients (.grad)"] + wte
+    # on the logged step: one gradient per use, and the previous logged step's shared uses (lens.uses())
+    assert memory["held after backward on a logged step"] == memory["one gradient per use"] + 2 * wte
+    assert memory["held after the logged step"] == memory["held after the quiet step that follows"] == 2 * wte
+    assert "| hf_gpt2: one training step |" in (tmp_path / "bench.md").read_text()
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import read_events
+from conftest import read_events, run_cli
 from experiments.errors import ConfigError
 
 pytestmark = pytest.mark.slow  # importing Lightning takes seconds (here, not when the default suite collects)
@@ -182,3 +182,16 @@ def test_lightning_refuses_what_it_cannot_log(tmp_path):
         fit(LensCallback(tmp_path / "c"), lit.model)
     with pytest.raises(ConfigError, match="no signal named nope"):
         LensCallback(tmp_path / "d", signals=["nope"])
+
+
+def test_the_documented_example_runs(tmp_path):
+    """docs/examples/lightning_lens.py (shown on docs/lens/callbacks.md), as a user runs it."""
+    lightning()  # (skipped without Lightning)
+    result = run_cli([str(tmp_path)], script="docs/examples/lightning_lens.py", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "{'model.wte.weight': ['model.wte.weight', 'model.wte.weight@model']}" in result.stdout
+    acc = read_events(tmp_path)
+    assert [e.step for e in acc.Scalars("tied/model.wte.weight/use/model.wte.weight@model/grad_norm")] == \
+        [1, *range(10, 101, 10)]
+    loss = acc.Scalars("loss/train")
+    assert loss[-1].value < loss[0].value / 2  # it learns

@@ -22,7 +22,7 @@ LAYERS = [  # bottom first; names relative to the package, globs allowed
     ["telemetry.*"],  # watching a model train
     ["experiment", "config", "cli_help", "fit", "lens"],  # an experiment set up from its config; the public lens
     ["training", "lightning_callback", "transformers_callback"],  # the loop; the lens in Lightning's and Transformers' loops
-    ["failures", "sweeps", "headline", "report", "report_figures", "inspection", "benchmark", "benchmark_lightning",
+    ["failures", "sweeps", "headline", "report", "report_figures", "inspection", "benchmark", "benchmark_lens", "benchmark_lightning",
      "benchmark_distributed"],  # what runs or reads runs
     ["hydra_plugins.experiments_launcher*"],  # the launchers Hydra loads (src/hydra_plugins/): Slurm, and joblib and submitit_local that stop cleanly
 ]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import read_events
+from conftest import read_events, run_cli
 from experiments.errors import ConfigError
 
 pytestmark = pytest.mark.slow  # importing the Trainer takes seconds (here, not when the default suite collects)
@@ -114,3 +114,13 @@ def test_trainer_refuses_what_it_cannot_log(tmp_path):
         train(tmp_path, LensTrainerCallback(), gpt2(), torch_compile=True)
     with pytest.raises(ConfigError, match="no signal named nope"):
         LensTrainerCallback(signals=["nope"])
+
+
+def test_the_documented_example_runs(tmp_path):
+    """docs/examples/transformers_lens.py (shown on docs/lens/callbacks.md), as a user runs it."""
+    hf()  # (skipped without transformers)
+    result = run_cli([str(tmp_path)], script="docs/examples/transformers_lens.py", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "{'transformer.wte.weight': ['transformer.wte.weight', 'lm_head.weight']}" in result.stdout
+    acc = read_events(tmp_path / "lens")
+    assert [e.step for e in acc.Scalars(f"tied/{WTE}/use/{HEAD}/grad_norm")] == [1, *range(10, 61, 10)]

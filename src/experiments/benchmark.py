@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .config import compose_config, telemetry_schema
 from .experiment import build_experiment
+from .objective import loss_function
+from .outputs import predictions
+from .benchmark_lens import lens_cost, lens_markdown
 from .guards import InterruptGuard
 from .telemetry.monitor import Monitor
 from .training import Run
@@ -37,7 +39,14 @@ WORKLOADS = {
     # a wide tied network that learns: width 512, 64 inputs, batch 256, Xavier + Adam
     "wide": ["model=tied", "model.width=512", "data.true_w=[" + ",".join(["0.1"] * 64) + "]",
              "data.batch_size=256", "init=xavier", "optim=adam", "optim.lr=0.0003"],
+    # a tiny Hugging Face GPT-2 (conf/model/hf_gpt2.yaml: 2 layers, 32 dims, built from its config) on token
+    # data, batch 64 of 8 tokens, Adam; lm_head.weight is the embedding (needs the transformers extra)
+    "hf_gpt2": ["model=hf_gpt2", "data=zipf_text", "data.vocab=256", "data.batch_size=64", "optim=adam",
+                "optim.lr=0.001"],
 }
+LENS_WORKLOAD = "hf_gpt2"  # the lens's cost per step (benchmark_lens) is measured on this one
+GRAD_SCALE = {"tied": {"4.weight": 0.5, "4.bias": 0.5},  # the shared layer's second use x0.5
+              "hf_gpt2": {"lm_head.weight": 0.5}}  # the tied embedding's output use x0.5
 Timing = Tuple[int, float, float]  # steps, wall seconds, CPU seconds
 
 
@@ -51,6 +60,7 @@ def plain_loop(cfg: DictConfig) -> Timing:
     """The reference: a hand-written loop over shuffled-tensor slices, with a validation pass per epoch."""
     exp = build_experiment(cfg)
     data, model = exp.data, exp.model
+    loss_fn, task = loss_function(data.task), data.task
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr) if "SGD" in cfg.optim._target_ \
         else torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     gen, bs = torch.Generator().manual_seed(1), cfg.data.batch_size
@@ -61,13 +71,13 @@ def plain_loop(cfg: DictConfig) -> Timing:
             perm = torch.randperm(len(data.train_x), generator=gen)
             x_all, y_all = data.train_x[perm], data.train_y[perm]
             for i in range(0, len(x_all), bs):
-                loss = F.mse_loss(model(x_all[i:i + bs]), y_all[i:i + bs])
+                loss = loss_fn(predictions(model(x_all[i:i + bs]), task), y_all[i:i + bs])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 steps += 1
             with torch.no_grad():
-                F.mse_loss(model(data.val_x), data.val_y).item()
+                loss_fn(predictions(model(data.val_x), task), data.val_y).item()
         return steps
     return timed(loop)
 
@@ -87,8 +97,8 @@ def ours(telemetry: str) -> Callable[[DictConfig], Timing]:
             cfg.telemetry.enabled = False
         elif telemetry == "all":
             every_signal(cfg.telemetry)
-        elif telemetry == "grad_scale":  # the intervention: the shared layer's second use x0.5, on every step
-            cfg.model.grad_scale = {"4.weight": 0.5, "4.bias": 0.5}
+        elif telemetry == "grad_scale":  # the intervention: one use of the shared weight x0.5, on every step
+            cfg.model.grad_scale = GRAD_SCALE[cfg.model.name]
         with tempfile.TemporaryDirectory() as run_dir:
             trainer = Run(cfg, Path(run_dir))  # set-up, untimed
 
@@ -113,9 +123,20 @@ def variants() -> Dict[str, Callable[[DictConfig], Timing]]:
     return {**found, "Lightning, loss + grad norms every step": lightning_loop}
 
 
+def available_workloads() -> List[str]:
+    """Every workload whose libraries are installed (``hf_gpt2`` needs the transformers extra)."""
+    import importlib.util
+
+    return [w for w in WORKLOADS if w != "hf_gpt2" or importlib.util.find_spec("transformers") is not None]
+
+
+def workload_config(workload: str, epochs: int, n_train: int) -> DictConfig:
+    return compose_config([*WORKLOADS[workload], f"data.n_train={n_train}", "data.n_val=512", f"trainer.epochs={epochs}",
+                           "trainer.checkpoint_every=0", "trainer.device=cpu", "trainer.progress_every_s=0"])
+
+
 def measure(workload: str, repeats: int, epochs: int, n_train: int) -> Dict[str, Dict[str, float]]:
-    cfg = compose_config([*WORKLOADS[workload], f"data.n_train={n_train}", "data.n_val=512", f"trainer.epochs={epochs}",
-                          "trainer.checkpoint_every=0", "trainer.device=cpu", "trainer.progress_every_s=0"])
+    cfg = workload_config(workload, epochs, n_train)
     table = variants()
     warm = cfg.copy()
     warm.trainer.epochs = 1
@@ -238,7 +259,7 @@ def distributed_markdown(rows: Dict[str, Dict[str, float]]) -> List[str]:
 
 
 def markdown(results: Dict, growth: Dict[int, float], start: Dict[str, float], command: str,
-             distributed: Optional[Dict[str, Dict[str, float]]] = None) -> str:
+             distributed: Optional[Dict[str, Dict[str, float]]] = None, lens: Optional[Dict] = None) -> str:
     lines = [f"Measured with `{command}` (torch {torch.__version__}, 1 thread, medians).", "",
              "| workload | variant | steps/s (wall) | ratio to the plain loop, CPU time (min–max) | wall-time ratio |",
              "|---|---|---:|---|---:|"]
@@ -258,20 +279,30 @@ def markdown(results: Dict, growth: Dict[int, float], start: Dict[str, float], c
     for name, s in start.items():
         base = floor_first if "first step" in name else floor_exit if "exit" in name else s
         lines.append(f"| {name} | {s:.2f} | {s / base:.2f} |")
+    if lens:
+        lines += lens_markdown(lens, LENS_WORKLOAD)
     if distributed:
         lines += distributed_markdown(distributed)
     return "\n".join(lines) + "\n"
 
 
 def run_benchmark(repeats: int, epochs: int, n_train: int, growth_counts: Sequence[int], root: Path,
-                  command: str, start_repeats: int = 5, processes: int = 2) -> Dict:
-    """Every table; ``processes`` 0 leaves the distributed one out."""
+                  command: str, start_repeats: int = 5, processes: int = 2,
+                  workloads: Optional[Sequence[str]] = None) -> Dict:
+    """Every table; ``processes`` 0 leaves the distributed one out; ``workloads``: which (default: every one
+    installed). With ``hf_gpt2``, the lens's cost per step and memory on it too."""
     torch.set_num_threads(1)
     logging.getLogger("experiments").setLevel(logging.WARNING)
-    results = {w: measure(w, repeats, epochs[w] if isinstance(epochs, dict) else epochs, n_train) for w in WORKLOADS}
+    workloads = list(workloads or available_workloads())
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"no workload named {', '.join(unknown)}; workloads: {', '.join(WORKLOADS)}")
+    epochs_of = (lambda w: epochs.get(w, 1)) if isinstance(epochs, dict) else (lambda w: epochs)  # noqa: E731
+    results = {w: measure(w, repeats, epochs_of(w), n_train) for w in workloads}
+    lens = lens_cost(workload_config(LENS_WORKLOAD, 1, n_train), GRAD_SCALE["hf_gpt2"], repeats=repeats) \
+        if LENS_WORKLOAD in workloads else None
     growth = logging_growth(growth_counts, repeats=max(20, 5 * repeats))
     start = cold_start(start_repeats, root)
-    wide_epochs = epochs["wide"] if isinstance(epochs, dict) else epochs
-    ranks = distributed_speed(n_train, wide_epochs, root, processes) if processes > 1 else None
-    return {"workloads": results, "logging_growth_us": growth, "cold_start_s": start, "distributed": ranks,
-            "markdown": markdown(results, growth, start, command, ranks)}
+    ranks = distributed_speed(n_train, epochs_of("wide"), root, processes) if processes > 1 else None
+    return {"workloads": results, "lens_cost": lens, "logging_growth_us": growth, "cold_start_s": start,
+            "distributed": ranks, "markdown": markdown(results, growth, start, command, ranks, lens)}

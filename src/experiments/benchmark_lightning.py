@@ -12,23 +12,25 @@ import warnings
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import grad_norm
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, TensorDataset
 
 from .experiment import build_experiment
+from .objective import loss_function
+from .outputs import predictions
 
 
 class Module(pl.LightningModule):
-    def __init__(self, model: torch.nn.Module, cfg: DictConfig):
+    def __init__(self, model: torch.nn.Module, cfg: DictConfig, task: str):
         super().__init__()
         self.model, self.cfg = model, cfg
+        self.task, self.loss_fn = task, loss_function(task)
 
     def training_step(self, batch, _):
         x, y = batch
-        loss = F.mse_loss(self.model(x), y)
+        loss = self.loss_fn(predictions(self.model(x), self.task), y)
         self.log("loss/train", loss)
         return loss
 
@@ -37,7 +39,7 @@ class Module(pl.LightningModule):
 
     def validation_step(self, batch, _):
         x, y = batch
-        self.log("loss/val", F.mse_loss(self.model(x), y))
+        self.log("loss/val", self.loss_fn(predictions(self.model(x), self.task), y))
 
     def configure_optimizers(self):
         lr = self.cfg.optim.lr
@@ -68,5 +70,5 @@ def lightning_loop(cfg: DictConfig):
         trainer = pl.Trainer(max_epochs=cfg.trainer.epochs, accelerator="cpu", devices=1, logger=TensorBoardLogger(logs),
                              log_every_n_steps=1, enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, num_sanity_val_steps=0, callbacks=[clock])
-        trainer.fit(Module(exp.model, cfg), train, val)
+        trainer.fit(Module(exp.model, cfg, data.task), train, val)
     return trainer.global_step, clock.wall, clock.cpu

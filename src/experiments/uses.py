@@ -299,6 +299,12 @@ class Uses:
                 unsplit[canonical] = "its gradient reached .grad through no use the lens saw"
         return shared, unsplit
 
+    def release(self) -> None:
+        """Drop the captured gradients (after :meth:`attribute`): a logged step's per-use gradients live
+        only as long as its caller keeps them (the tied signal keeps the shared parameters' for
+        ``Lens.uses()``), not until the next logged step."""
+        self.grads = {}
+
 
 def _negligible(residual: torch.Tensor, parts) -> bool:
     """Whether ``residual`` is rounding: the uses' sum and ``.grad`` add the same numbers in

@@ -93,6 +93,7 @@ class Tied(Signal):
     def after_backward(self, step, record) -> None:
         self.uses.end()
         shared, unsplit = self.uses.attribute()
+        self.uses.release()  # the uses of parameters used once are freed now; ``last`` keeps the shared ones
         self._warn(shared, unsplit)
         for name, uses in shared.items():
             names, values = use_statistics(name, self.uses.params[name], uses, rows=name in self._rows)
