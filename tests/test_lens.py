@@ -140,3 +140,23 @@ def test_trainer_compile_logs_what_the_eager_run_logs(make_cfg, tmp_path):
         want, got = eager.Scalars(tag), compiled.Scalars(tag)
         assert [e.step for e in got] == [e.step for e in want], tag
         assert [e.value for e in got] == pytest.approx([e.value for e in want], rel=1e-4, abs=1e-6, nan_ok=True), tag
+
+
+def test_watch_without_a_loss_logs_the_first_step_too(tmp_path):
+    """lens.step(step) with no loss drops the loss signal at step 1: what else is due at step 1 (the
+    initial state) is still logged."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    lens = watch(model, tmp_path, every=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step, (x, y) in enumerate(batches()[:4], start=1):
+        F.cross_entropy(model(x), y).backward()
+        lens.step(step)
+        if step == 1:
+            assert list(lens.uses()["wte.weight"]) == ["wte.weight", "wte.weight@TinyLM"]
+        optimizer.step()
+        optimizer.zero_grad()
+    lens.close()
+    acc = read_events(tmp_path)
+    assert [e.step for e in acc.Scalars("tied/wte.weight/grad_norm")] == [1, 2, 4]
+    assert "loss/train" not in acc.Tags()["scalars"]
