@@ -19,7 +19,14 @@ EXAMPLES = ROOT / "docs" / "examples"
 
 @pytest.fixture
 def on_path(monkeypatch):
-    monkeypatch.syspath_prepend(str(EXAMPLES))  # as PYTHONPATH=docs/examples does
+    """docs/examples on the path, as PYTHONPATH=docs/examples puts it; afterwards its modules are forgotten
+    (another test's ``my_models`` must not find these)."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if getattr(sys.modules[name], "__file__", None) and str(EXAMPLES) in sys.modules[name].__file__:
+            del sys.modules[name]
 
 
 def example(name: str):

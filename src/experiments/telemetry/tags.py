@@ -68,7 +68,8 @@ USE_STATS = ("grad_norm", "cos", "rows_touched")
 
 
 def use_stat(param: str, use: str, stat: str) -> str:
-    """One use's own gradient: ``grad_norm`` (its norm), ``cos`` (its cosine with the summed gradient),
+    """One use's own gradient: ``grad_norm`` (its norm), ``cos`` (its cosine with the summed gradient; NaN
+    when either is exactly zero: undefined),
     ``rows_touched`` (for a parameter with an embedding use: the fraction of rows the use's gradient
     touches; the input use touches the batch's tokens, the output use every row). ``<use>`` names that
     use after where it happened (``5.weight``; for the unrolled cell, ``1.t3.weight_ih``; a module's
@@ -77,7 +78,8 @@ def use_stat(param: str, use: str, stat: str) -> str:
 
 
 def cancellation(param: str) -> str:
-    """``‖Σ g_use‖ / Σ ‖g_use‖``: 1 when a tied parameter's uses agree, near 0 when they cancel."""
+    """``‖Σ g_use‖ / Σ ‖g_use‖``: 1 when a tied parameter's uses agree, near 0 when they cancel (NaN when
+    every use's gradient is zero)."""
     return f"tied/{param}/cancellation"
 
 
