@@ -1,6 +1,6 @@
 """Training speed against a plain PyTorch loop, in one process; cold start; logging cost growth; 2 processes.
 
-    python scripts/bench.py                      # the full run behind the README table (a few minutes)
+    python scripts/bench.py                      # the full run behind the docs' performance table (a few minutes)
     python scripts/bench.py --repeats 1 --quick  # a smoke run
     python scripts/bench.py --processes 0        # without the distributed table (torchrun, 2 processes vs 1)
     python scripts/bench.py --workloads hf_gpt2  # one workload (tiny, wide, hf_gpt2; default: every one installed)

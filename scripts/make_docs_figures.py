@@ -8,7 +8,9 @@ Each sweep runs through the real command line (``python train.py -m ...``, one t
 numbers are the same on every run of this script on the CPU) into ``--runs``, and is reported with
 ``scripts/report.py``'s code. Then it writes, for the pages to include:
 
-- ``docs/figures/*.png``: figures of the reports;
+- ``docs/figures/*.png``: figures of the reports, and two drawn here from the per-use tags
+  (``hugging_face_ties.png``: the embedding ties of ``tied_lm``, ``hf_gpt2``, ``hf_albert``;
+  ``albert_depth_uses.png``: ALBERT's shared layer at each depth);
 - ``docs/snippets/<sweep>_headline.md``, ``<sweep>_jobs.md``: the reports' headline and job tables;
   ``init_scale_table.md``: the final validation loss of every model and init;
 - ``docs/snippets/numbers.json``: every number the pages' text quotes (``{{ weight_tying.tied.ratio_step1:.2f }}``
@@ -36,6 +38,10 @@ SWEEPS = {  # name -> the command's arguments (python train.py ...)
     "shared_depth": ["-m", "experiment=shared_depth"],
     "init_scale": ["-m", "model=mlp,nested,tied", "init=default,normal,xavier"],
     "kaiming": ["-m", "model=nested", "init=kaiming", "optim.lr=0.01,0.03", "trainer.seed=0,1,2"],
+    "hf_models": ["-m", "model=tied_lm,hf_gpt2,hf_albert", "data=zipf_text", "optim=adam", "optim.lr=0.003",
+                  "trainer.epochs=3"],
+    "albert_depth": ["-m", "model=hf_albert", "data=zipf_text", "optim=adam", "optim.lr=0.003", "trainer.epochs=3",
+                     "model.config.num_hidden_layers=2,4"],
 }
 FIGURES = {  # (sweep, report figure) -> docs/figures/<name>
     ("weight_tying", "tied_grad_norms.png"): "weight_tying_uses.png",
@@ -46,6 +52,10 @@ FIGURES = {  # (sweep, report figure) -> docs/figures/<name>
     ("shared_depth", "val_loss.png"): "shared_depth_val_loss.png",
     ("init_scale", "val_loss.png"): "init_scale_val_loss.png",
 }
+ALBERT_LAYER = "albert.encoder.albert_layer_groups.0.albert_layers.0."  # the one layer ALBERT calls at every depth
+ALBERT_WEIGHTS = ("attention.query", "attention.key", "attention.value", "attention.dense", "ffn", "ffn_output")
+EMBEDDING_TIES = {"tied_lm": "0.weight", "hf_gpt2": "transformer.wte.weight",
+                  "hf_albert": "albert.embeddings.word_embeddings.weight"}
 
 
 def run_sweep(name: str, folder: Path, reuse: bool) -> float:
@@ -83,8 +93,8 @@ def logged(job, pattern: str) -> float:
     return float(re.search(pattern, (job.path / "train.log").read_text()).group(1))
 
 
-def headline_numbers(lines, job_name: str, quantity: str) -> dict:
-    (line,) = [ln for ln in lines if ln.job == job_name and ln.quantity == quantity]
+def headline_numbers(lines, job_name: str, quantity: str, param: str = None) -> dict:
+    (line,) = [ln for ln in lines if ln.job == job_name and ln.quantity == quantity and param in (None, ln.param)]
     return {"step1": line.at_start, "median": line.median, "end": line.at_end}
 
 
@@ -146,6 +156,87 @@ def shared_depth(jobs) -> dict:
             "cancellation": headline_numbers(lines, j.name, "cancellation"),
             "acc_val": at(j, tags.ACC_VAL, "last"), "loss_val": at(j, tags.LOSS_VAL, "last")}
     return out
+
+
+def hugging_face(jobs) -> dict:
+    """``model=tied_lm``, ``hf_gpt2`` and ``hf_albert`` on zipf_text: losses, sizes, each embedding tie's uses."""
+    from experiments.headline import headline
+    from experiments.telemetry import tags
+
+    lines, out = headline(jobs), {}
+    for model, param in EMBEDDING_TIES.items():
+        j = job(jobs, f"model={model}")
+        roles = {role: use for use, role in j.use_roles(param).items()}
+        out[model] = {"loss_val": at(j, tags.LOSS_VAL, "last"), "acc_val": at(j, tags.ACC_VAL, "last"),
+                      "parameters": int(logged(j, r"\((\d+) parameters")),
+                      "ratio": headline_numbers(lines, j.name, "output / input", param),
+                      "rows_in_step1": at(j, tags.use_stat(param, roles["input"], "rows_touched")),
+                      "cos_out_step1": at(j, tags.use_stat(param, roles["output"], "cos")),
+                      "cos_out_end": at(j, tags.use_stat(param, roles["output"], "cos"), "last")}
+    tied_lm = job(jobs, "model=tied_lm")
+    out["unigram_entropy"] = logged(tied_lm, r"Unigram entropy ([\d.]+) nats")
+    out["floor"] = logged(tied_lm, r"cross-entropy ([\d.]+) nats")
+    out["epochs"], out["steps"] = len(tied_lm.curves[tags.LOSS_VAL]), tied_lm.steps
+    return out
+
+
+def albert_depth(jobs) -> dict:
+    """ALBERT's one layer called at 2 and 4 depths: each depth's gradient of the layer's weight matrices."""
+    from experiments.telemetry import tags
+
+    out = {}
+    for depths in (2, 4):
+        j = job(jobs, f"model.config.num_hidden_layers={depths}")
+        per = {}
+        for leaf in ALBERT_WEIGHTS:
+            param = f"{ALBERT_LAYER}{leaf}.weight"
+            by_depth = {role: use for use, role in j.use_roles(param).items()}
+            assert list(by_depth) == [f"depth {k}" for k in range(1, depths + 1)], by_depth
+            norms = {step: [at(j, tags.use_stat(param, by_depth[f"depth {k}"], "grad_norm"), step)
+                            for k in range(1, depths + 1)] for step in ("first", "last")}
+            per[leaf.replace("attention.", "")] = {
+                f"{name}_{when}": value for step, when in (("first", "step1"), ("last", "end"))
+                for name, value in (("first_over_last", norms[step][0] / norms[step][-1]),
+                                    ("spread", max(norms[step]) / min(norms[step])),
+                                    ("spread_after_first", max(norms[step][1:]) / min(norms[step][1:])),
+                                    ("depth1", norms[step][0]), ("last", norms[step][-1]),
+                                    ("cancellation", at(j, tags.cancellation(param), step)))}
+        out[f"depth{depths}"] = {
+            **per, "loss_val": at(j, tags.LOSS_VAL, "last"), "acc_val": at(j, tags.ACC_VAL, "last"),
+            # what the layer reads at depth 1 (the embeddings mapped to the hidden size) and at depth 2 (its own
+            # output, after its last LayerNorm): the spread of each at step 1
+            "input_std_step1": at(j, tags.activation("albert.encoder.embedding_hidden_mapping_in", "std")),
+            "layer_out_std_step1": at(j, tags.activation(f"{ALBERT_LAYER}full_layer_layer_norm", "std"))}
+        depth = out[f"depth{depths}"]  # a query's and a key's gradient grow with the square of the input's scale
+        depth["input_scale_squared"] = (depth["input_std_step1"] / depth["layer_out_std_step1"]) ** 2
+    return out
+
+
+def draw_uses(path: Path, panels) -> None:
+    """A figure of per-use gradient norms: one panel per (job, parameter, title), the sum in black and each
+    use in its own colour, labelled by its role."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from experiments.telemetry import tags
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for ax, (j, param, title) in zip(axes[0], panels):
+        curve = j.curves[tags.tied_grad_norm(param)]
+        ax.plot([s for s, _, _ in curve], [v for _, _, v in curve], color="black", linewidth=2, label="sum (.grad)")
+        for use, role in j.use_roles(param).items():
+            curve = j.curves[tags.use_stat(param, use, "grad_norm")]
+            ax.plot([s for s, _, _ in curve], [v for _, _, v in curve], linewidth=1.2, label=role)
+        ax.set_yscale("log")
+        ax.set(xlabel="step", ylabel="gradient norm", title=title)
+        ax.title.set_fontsize("medium")
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def init_scale(jobs, kaiming) -> dict:
@@ -218,18 +309,27 @@ def main(argv) -> int:
     numbers = {"weight_tying": weight_tying(jobs["weight_tying"], jobs["weight_tying_seeds"]),
                "bptt": bptt(jobs["bptt"]), "shared_depth": shared_depth(jobs["shared_depth"]),
                "init_scale": init_scale(jobs["init_scale"], jobs["kaiming"]),
+               "hugging_face": hugging_face(jobs["hf_models"]), "albert": albert_depth(jobs["albert_depth"]),
                "seconds": {**{k: round(v) for k, v in seconds.items()}, "total": round(sum(seconds.values()))}}
     (DOCS / "figures").mkdir(exist_ok=True)
     (DOCS / "snippets").mkdir(exist_ok=True)
     for (name, figure), target in FIGURES.items():
         shutil.copyfile(args.runs / name / figure, DOCS / "figures" / target)
+    hf = jobs["hf_models"]
+    draw_uses(DOCS / "figures" / "hugging_face_ties.png",
+              [(job(hf, f"model={m}"), p, f"{m}: {p.replace('albert.embeddings.', '')}")
+               for m, p in EMBEDDING_TIES.items()])
+    albert = job(jobs["albert_depth"], "model.config.num_hidden_layers=4")
+    draw_uses(DOCS / "figures" / "albert_depth_uses.png",
+              [(albert, f"{ALBERT_LAYER}{leaf}.weight", f"{leaf}.weight, 4 depths")
+               for leaf in ("attention.query", "attention.value", "ffn")])
     for name in ("weight_tying", "bptt", "shared_depth"):
         text = (args.runs / name / "report.md").read_text()
         (DOCS / "snippets" / f"{name}_headline.md").write_text(section(text, "Headline"))
         (DOCS / "snippets" / f"{name}_jobs.md").write_text(section(text, "Jobs, best validation loss first"))
     (DOCS / "snippets" / "init_scale_table.md").write_text(init_scale_table(numbers["init_scale"]))
     (DOCS / "snippets" / "numbers.json").write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {DOCS / 'figures'} ({len(FIGURES)} figures) and {DOCS / 'snippets'}")
+    print(f"wrote {DOCS / 'figures'} ({len(FIGURES) + 2} figures) and {DOCS / 'snippets'}")
     return 0
 
 

@@ -194,9 +194,10 @@ def tags_page() -> str:
         "# TensorBoard tags", "", _prose(inspect.getdoc(tags)), "",
         "## Fixed tags", "", "\n".join(constants), "",
         "## Tags per parameter, use and layer", "",
-        "`<param>` is a parameter's name as `named_parameters()` gives it (`2.weight`), `<use>` the `state_dict` "
-        "name of one use of a tied parameter (`4.weight`), `<layer>` a module's name, `<stat>` one of the "
-        "statistics the description names.", "", "\n".join(builders), "",
+        "`<param>` is a parameter's name as `named_parameters()` gives it (`2.weight`), `<use>` the name of one "
+        "use of a shared parameter, after where it happened (`4.weight`, `block#1.weight`, `wte.weight@GPT`: "
+        "[how uses are named](../lens/index.md#how-uses-are-named)), `<layer>` a module's name, `<stat>` one of "
+        "the statistics the description names.", "", "\n".join(builders), "",
         "## The signals that write them", "",
         "Every signal logs at step 1 and at the last step, and about its number of points per run in between "
         "(`telemetry.<name>.every` sets a fixed number of steps instead; `telemetry.<name>.enabled=false` turns it "

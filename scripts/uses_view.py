@@ -3,6 +3,7 @@
     python scripts/uses_view.py outputs/multirun/2026-11-22/10-54-38                # a sweep folder
     python scripts/uses_view.py outputs/2026-11-22/10-30-00.412345-tied-xavier      # a single run's folder
     python scripts/uses_view.py outputs/multirun/2026-11-22/10-54-38 --out uses_view  # a folder of your choice
+    python scripts/uses_view.py <folder> --dry-run                                   # check the arguments only
 
 Builds a TensorBoard log directory with one run per use label (sum, input, output, t-0, t-1, ...,
 depth 1, ...) from the per-use tags the runs logged, and prints the command that opens it. Each
@@ -21,7 +22,11 @@ def main(argv=None) -> int:
     parser.add_argument("folder", help="a sweep folder (outputs/multirun/<date>/<time>), a run folder, or a day's")
     parser.add_argument("--out", help="where to write the view (default: a folder of the system's temporary "
                                       "directory named after FOLDER)")
+    parser.add_argument("--dry-run", action="store_true", help="check the arguments only; read and write nothing")
     args = parser.parse_args(argv)
+    if args.dry_run:
+        print(f"dry run: would build the per-use view of {args.folder}" + (f" in {args.out}" if args.out else ""))
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     from experiments.telemetry.use_runs import default_view_dir, write_view

@@ -94,3 +94,27 @@ def test_the_site_builds_strict(tmp_path):
     numbers = json.loads((ROOT / "docs" / "snippets" / "numbers.json").read_text())
     assert f"{numbers['weight_tying']['tied']['ratio_step1']:.1f}×" in page and "{{" not in page
     assert "weight_tying_uses.png" in page
+
+
+def test_the_layout_page_names_every_module():
+    """docs/reference/layout.md draws the layers of tests/test_package_structure.py: every module of
+    src/ is named in its picture (a new module goes into LAYERS and onto that page)."""
+    from test_package_structure import layer_of, modules
+
+    page = (ROOT / "docs" / "reference" / "layout.md").read_text()
+    text = page.split("```text", 1)[1].split("```", 1)[0]  # the picture of the layers
+    missing = []
+    for name in modules():
+        layer_of(name)  # in a layer
+        last = name.rpartition(".")[2]
+        if not re.search(rf"(?<![\w]){re.escape(last)}(?![\w])", text):
+            missing.append(name)
+    assert not missing, f"not on docs/reference/layout.md: {missing}"
+
+
+def test_the_readme_quotes_current_numbers():
+    """The README cannot fill in numbers.json's values as the site does: the few it quotes are checked here."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    albert = json.loads((ROOT / "docs" / "snippets" / "numbers.json").read_text())["albert"]["depth4"]
+    assert f"query gradient is 1/{1 / albert['query']['first_over_last_step1']:.0f} of the last depth's" in readme
+    assert f"it reads inputs {1 / albert['input_std_step1']:.0f}× smaller" in readme

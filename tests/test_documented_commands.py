@@ -1,7 +1,7 @@
 """Every command the README and the docs show runs as written, parsed by a real shell.
 
-A command is a ``python train.py ...``, ``python scripts/...`` or ``scripts/... <args>`` (optionally
-after ``sudo`` or ``VAR=value``) on a line of a ```` ```bash ```` block (``\\`` continues a line) or in
+A command is a ``python train.py ...``, ``torchrun --<options> train.py ...``, ``python scripts/...``
+or ``scripts/... <args>`` (optionally after ``sudo`` or ``VAR=value``) on a line of a ```` ```bash ```` block (``\\`` continues a line) or in
 an inline code span. A command with a ``<placeholder>`` or ``...`` is a synopsis, not a command,
 and is left out.
 
@@ -31,7 +31,9 @@ import pytest
 from conftest import CONF, ROOT
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-COMMAND = re.compile(r"^(?:[A-Z_][A-Z0-9_]*=\S+\s+)*(?:sudo\s+)?(?:python\s+(?:train\.py|scripts/\S+)(?:\s|$)|scripts/\S+\s+\S)")
+COMMAND = re.compile(r"^(?:[A-Z_][A-Z0-9_]*=\S+\s+)*(?:sudo\s+)?(?:python\s+(?:train\.py|scripts/\S+)(?:\s|$)|scripts/\S+\s+\S"
+                     r"|torchrun\s+(?:--\S+\s+)*train\.py(?:\s|$))")
+TORCHRUN = re.compile(r"torchrun\s+(?:--\S+\s+)*train\.py")  # its own options, then the script and its arguments
 SHELL_BLOCKS = ("bash", "sh", "shell")
 
 
@@ -177,10 +179,14 @@ def check(command: Command) -> None:
     argv = shell_argv(command)
     if argv[0] == "python":
         argv = argv[1:]
+    elif argv[0] == "torchrun":  # each process runs train.py with these arguments
+        argv = argv[argv.index("train.py"):]
     script, args = argv[0], argv[1:]
     try:
         if script == "train.py":
-            compose_train(args)
+            from experiments.failures import literal_resume_argument
+
+            compose_train(literal_resume_argument([script, *args])[1:])  # as train.py reads its arguments
         else:
             dry_run_script(script, args)
     except (Exception, SystemExit) as error:  # SystemExit: argparse refusing the arguments
@@ -201,6 +207,7 @@ def test_extraction_reads_blocks_spans_continuations_and_comments():
         "python train.py -m hydra/launcher=cluster \\",
         "    init=normal,xavier",
         "OMP_NUM_THREADS=1 python scripts/bench.py",
+        "OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 train.py model=tied_lm",
         "tensorboard --logdir outputs",
         "```",
         "```",
@@ -210,7 +217,8 @@ def test_extraction_reads_blocks_spans_continuations_and_comments():
     found = [c.text for c in commands_in(text, "x") if not is_synopsis(c)]
     assert found == ["python train.py model=tied", "python train.py init=xavier",
                      "python train.py -m hydra/launcher=cluster init=normal,xavier",
-                     "OMP_NUM_THREADS=1 python scripts/bench.py"]
+                     "OMP_NUM_THREADS=1 python scripts/bench.py",
+                     "OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 train.py model=tied_lm"]
 
 
 def test_an_unquoted_brace_override_is_caught():
@@ -222,6 +230,8 @@ def test_an_unquoted_brace_override_is_caught():
         check(Command("x", "python train.py -m model=tied,nope init=xavier"))  # a sweep: every value is composed
     with pytest.raises(AssertionError, match="does not compose"):
         check(Command("x", "python scripts/report.py --no-such-flag folder"))
+    with pytest.raises(AssertionError, match="does not compose"):
+        check(Command("x", "torchrun --standalone --nproc_per_node=2 train.py model=nope"))
 
 
 @pytest.mark.parametrize("command", documented_commands(), ids=str)
@@ -232,7 +242,8 @@ def test_every_documented_command_composes(command):
 def through_bash(command: Command) -> subprocess.CompletedProcess:
     """The command itself in ``bash -c``, with ``--cfg job`` (train.py) or ``--dry-run`` appended."""
     text = re.sub(r"^((?:[A-Z_][A-Z0-9_]*=\S+\s+)*)sudo\s+", r"\1", command.text)  # sudo asks for a password
-    argv = shell_argv(command)
+    text = TORCHRUN.sub("python train.py", text)  # one process composes what each of torchrun's would
+    argv = shell_argv(Command(command.where, text))
     script = argv[1] if argv[0] == "python" else argv[0]
     if script != "train.py":
         text += " --dry-run"

@@ -167,3 +167,23 @@ def test_watch_with_two_passes_a_step_and_no_loss(tmp_path):
     assert [e.step for e in mean] == [1, 2] and [e.step for e in std] == [1, 2]
     assert mean[0].value == pytest.approx(mixed.mean().item(), rel=1e-5, abs=1e-7)
     assert std[0].value == pytest.approx(mixed.std().item(), rel=1e-5)
+
+
+def test_watch_without_a_loss_logs_the_first_step_too(tmp_path):
+    """lens.step(step) with no loss drops the loss signal at step 1: what else is due at step 1 (the
+    initial state) is still logged."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    lens = watch(model, tmp_path, every=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step, (x, y) in enumerate(batches()[:4], start=1):
+        F.cross_entropy(model(x), y).backward()
+        lens.step(step)
+        if step == 1:
+            assert list(lens.uses()["wte.weight"]) == ["wte.weight", "wte.weight@TinyLM"]
+        optimizer.step()
+        optimizer.zero_grad()
+    lens.close()
+    acc = read_events(tmp_path)
+    assert [e.step for e in acc.Scalars("tied/wte.weight/grad_norm")] == [1, 2, 4]
+    assert "loss/train" not in acc.Tags()["scalars"]

@@ -1,6 +1,6 @@
 """A data source of your own, outside the package (the "Extend the project" page's example).
 
-    PYTHONPATH=docs/examples python train.py hydra.searchpath=[file://docs/examples/my_conf] data=mine
+    PYTHONPATH=docs/examples python train.py 'hydra.searchpath=[file://docs/examples/my_conf]' data=mine
 
 ``load(cfg, seed)`` gets the ``data`` node of the config and the run's seed and returns a ``Dataset``.
 """

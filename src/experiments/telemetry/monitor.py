@@ -198,7 +198,7 @@ class Monitor:
         if signal is not None:
             signal.close()
             self._per_step = [s for s in self._per_step if s is not signal]
-            self._step, self._next = 0, 1  # what is due is worked out again (the step in progress too)
+            self._step, self._next = 0, 0  # what is due is worked out again (this step included)
 
     def epoch_end(self, step: int, metrics: Mapping[str, float]) -> None:
         self.events.write_scalars(step, list(metrics), list(metrics.values()))

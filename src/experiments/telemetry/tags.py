@@ -11,8 +11,9 @@ build their tags with these functions; the report reads tags back with :func:`pa
   ``.../rows_touched`` (each use), ``tied/<param>/cancellation``
 - ``act/<layer>/mean``, ``act/<layer>/std``, ``act/<layer>/dead_frac``
 
-``<param>`` is a name as ``named_parameters()`` gives it (``2.weight``), ``<use>`` the
-``state_dict`` name of one use of a tied parameter (``4.weight``), ``<layer>`` a module name.
+``<param>`` is a name as ``named_parameters()`` gives it (``2.weight``), ``<use>`` the name of
+one use of a shared parameter, after where it happened (``4.weight``, ``block#1.weight``,
+``wte.weight@GPT``: ``experiments.uses`` names them), ``<layer>`` a module name.
 Module names never contain ``.`` inside a part and, in practice, never ``/``: that is what
 makes a tag parse back unambiguously.
 """
@@ -67,15 +68,18 @@ USE_STATS = ("grad_norm", "cos", "rows_touched")
 
 
 def use_stat(param: str, use: str, stat: str) -> str:
-    """One use's own gradient: ``grad_norm`` (its norm), ``cos`` (its cosine with the summed gradient),
+    """One use's own gradient: ``grad_norm`` (its norm), ``cos`` (its cosine with the summed gradient; NaN
+    when either is exactly zero: undefined),
     ``rows_touched`` (for a parameter with an embedding use: the fraction of rows the use's gradient
-    touches; the input use touches the batch's tokens, the output use every row). ``<use>`` is the
-    ``state_dict`` name of that use (``5.weight``; for the unrolled cell, ``1.t3.weight_ih``)."""
+    touches; the input use touches the batch's tokens, the output use every row). ``<use>`` names that
+    use after where it happened (``5.weight``; for the unrolled cell, ``1.t3.weight_ih``; a module's
+    second call ``block#1.weight``; a weight read by another module ``wte.weight@GPT``)."""
     return f"tied/{param}/use/{use}/{stat}"
 
 
 def cancellation(param: str) -> str:
-    """``‖Σ g_use‖ / Σ ‖g_use‖``: 1 when a tied parameter's uses agree, near 0 when they cancel."""
+    """``‖Σ g_use‖ / Σ ‖g_use‖``: 1 when a tied parameter's uses agree, near 0 when they cancel (NaN when
+    every use's gradient is zero)."""
     return f"tied/{param}/cancellation"
 
 
