@@ -69,11 +69,21 @@ def _headlined(job: Job) -> List[Tuple[str, str]]:
         kind = use_roles.kind_of_roles(list(uses.values()))
         by_kind.setdefault(kind, []).append(name)
     chosen = [(n, use_roles.EMBEDDING) for n in by_kind.get(use_roles.EMBEDDING, [])]
-    for kind, preferred in ((use_roles.TIME, "weight_ih"), (use_roles.DEPTH, "weight")):
-        names = by_kind.get(kind, [])
-        if names:
-            chosen.append((next((n for n in names if n.endswith(preferred)), names[0]), kind))
+    time = by_kind.get(use_roles.TIME, [])
+    if time:
+        chosen.append((next((n for n in time if n.endswith("weight_ih")), time[0]), use_roles.TIME))
+    depth = by_kind.get(use_roles.DEPTH, [])
+    if depth:  # the weight whose depths differ most at the first step (ALBERT: a query, not a LayerNorm)
+        weights = [n for n in depth if n.endswith("weight")] or depth
+        chosen.append((max(weights, key=lambda n: _first_spread(job, n)), use_roles.DEPTH))
     return chosen
+
+
+def _first_spread(job: Job, name: str) -> float:
+    """Largest / smallest of the uses' gradient norms at the first step every use was logged (0: unknown)."""
+    steps, out = _series(job, name, use_roles.DEPTH)
+    first = out.get("largest / smallest", [])
+    return first[0] if first and first[0] == first[0] else 0.0
 
 
 def _series(job: Job, name: str, kind: str) -> Tuple[List[int], Dict[str, List[float]]]:

@@ -14,7 +14,7 @@
     lens.close()
 
 It writes what our trainer writes (the trainer is its first client): the same TensorBoard tags,
-sub-runs and text summaries, for every parameter of ``model`` and, for every parameter a
+text summaries and custom-scalars layout, for every parameter of ``model`` and, for every parameter a
 training step uses more than once, each use's own gradient (``experiments.uses`` says how uses
 are found and named). ``grad_scale`` acts on every step, logged or not. It works whichever
 module's ``forward`` the loop calls (a wrapper that calls ``model`` is fine), with several

@@ -106,7 +106,7 @@ class Run:
             raise
         where = f" in {self.world} processes ({self.group.backend}, {self.data.batch_size // self.world} rows of " \
                 f"each batch of {self.data.batch_size} per process)" if self.group else ""
-        log.info("training %s (%d parameters, %d tied) on %s%s: %d epochs of %d steps; run folder %s",
+        log.info("training %s (%d parameters, %d tied by name; sharing by use is found at the first logged step) on %s%s: %d epochs of %d steps; run folder %s",
                  cfg.model.name, sum(p.numel() for p in self.params), len(self.exp.manifest), self.exp.device, where,
                  cfg.trainer.epochs, self.data.steps_per_epoch(), self.run_dir)
 
