@@ -7,6 +7,7 @@ import pytest
 from conftest import run_cli
 
 
+@pytest.mark.slow  # (over 8 s: the default suite stays under 5 minutes; .ci/run runs it)
 def test_bench_smoke(tmp_path):
     result = run_cli(["--repeats", "1", "--quick", "--processes", "0", "--workloads", "tiny", "wide", "--out",
                       str(tmp_path)], script="scripts/bench.py", timeout=300)

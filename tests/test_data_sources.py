@@ -304,6 +304,7 @@ def test_digits_reaches_well_above_chance(tmp_path):
     assert final["2.weight"].shape == (10, 32)  # the last layer's width came from the data
 
 
+@pytest.mark.slow  # (over 8 s: the default suite stays under 5 minutes; .ci/run runs it)
 def test_digits_nested_writes_acc_val(tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli(["data=digits", "model=nested", "trainer.epochs=1", f"hydra.run.dir={run_dir}"])

@@ -159,6 +159,7 @@ SWEEP = ["init=normal,xavier", "model=tied", "data.n_train=9600", "data.n_val=20
          "telemetry.loss.every=7", "telemetry.histograms.enabled=false"]
 
 
+@pytest.mark.slow  # (over 8 s: the default suite stays under 5 minutes; .ci/run runs it)
 def test_sigterm_stops_a_sweep_and_its_printed_command_resumes_each_job_from_its_own_checkpoint(tmp_path, capsys):
     """SIGTERM in the first job: the printed command (shell-quoted, a space in the sweep folder) continues
     that job from its own checkpoint and runs the job that never started; both end bit-identical to

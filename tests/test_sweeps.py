@@ -326,6 +326,7 @@ def test_submitit_local_launcher(tmp_path):
     assert all(row["status"] == "ok" for row in read_csv(folder).values())
 
 
+@pytest.mark.slow  # (over 8 s: the default suite stays under 5 minutes; .ci/run runs it)
 def test_optuna_preset_records_its_best_parameters(tmp_path):
     result = run_cli(["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "trainer.epochs=1",
                       "data.n_train=200", "telemetry.enabled=false"], cwd=tmp_path, timeout=300)
@@ -366,6 +367,7 @@ def test_report_calls_a_run_with_a_damaged_event_file_failed(tmp_path):
     assert "is damaged (its checksum does not match)" in written.text
 
 
+@pytest.mark.slow  # (over 8 s: the default suite stays under 5 minutes; .ci/run runs it)
 def test_a_presets_sweep_is_reported_whole(tmp_path):
     """An experiment preset sweeps through ``hydra.sweeper.params``, not the command line: the report
     predicts its job folders from both, so no job is called "never started" (it once listed one
