@@ -175,6 +175,11 @@ def stop(wait: bool = False) -> None:
             except Exception:  # noqa: BLE001  (another rank is gone: nothing to wait for)
                 pass
         dist.destroy_process_group()
+        # gloo's worker thread lets go of the last collective's tensors just after wait() returns, and that
+        # takes the GIL: were the interpreter already shutting down then (a rank with nothing left to do exits
+        # in a few ms), the thread would abort the process ("terminate called without an active exception",
+        # SIGABRT; about 1 run in 10 here). Giving the GIL away for a moment lets it finish first.
+        time.sleep(0.2)
     _GROUP = None
 
 
