@@ -23,4 +23,8 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     sys.argv = literal_resume_argument(sys.argv)  # trainer.resume=<job folder>, whose name has '=' and ','
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C while Hydra composes the config (a run's own is in failure.txt)
+        print("Interrupted (Ctrl-C).", file=sys.stderr)
+        sys.exit(130)

@@ -2,6 +2,7 @@
 key or value, and no half-written run folder."""
 
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -189,3 +190,31 @@ def test_a_fifo_as_data_path_does_not_hang_the_cli(hostile_paths, tmp_path):
                      timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "a named pipe (FIFO), not a regular file" in (run_dir / "failure.txt").read_text()
+
+
+def test_ctrl_c_while_the_run_is_set_up_is_one_paragraph_with_the_resume_command(tmp_path, monkeypatch):
+    """Ctrl-C before the first step (the training loop's own checkpointing stop is not armed yet): exit 130, no
+    traceback, failure.txt with the command that continues the run."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # interrupt_helpers, for train.py
+    run_dir = tmp_path / "run"
+    layers = "model.layers=[{_target_: interrupt_helpers.CtrlCWhenBuilt}, {_target_: torch.nn.Linear, out_features: 1}]"
+    result = run_cli(["model=mlp", layers, f"hydra.run.dir={run_dir}"], timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 130 and "Traceback" not in output, output
+    failure = (run_dir / "failure.txt").read_text()
+    assert failure.count("\n") == 1 and failure.startswith("Interrupted: stopped by Ctrl-C (SIGINT) outside the "
+                                                           "training steps"), failure
+    assert f"hydra.run.dir={run_dir} trainer.resume=auto" in failure.split("Resume with: ")[1]
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_ctrl_c_after_the_last_step_leaves_a_finished_run_finished(tmp_path):
+    from experiments.failures import stopped_outside_steps
+
+    (tmp_path / "weights_final.pt").write_bytes(b"the run finished")
+    message = stopped_outside_steps(tmp_path)
+    assert message.startswith("Interrupted: stopped by Ctrl-C") and "trainer.resume=auto" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights_final.pt"]  # not marked failed
+    (tmp_path / "weights_final.pt").unlink()
+    stopped_outside_steps(tmp_path)
+    assert (tmp_path / "failure.txt").read_text().startswith("Interrupted: stopped by Ctrl-C")

@@ -15,6 +15,7 @@ import logging
 import math
 import re
 import shlex
+import signal
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
@@ -23,7 +24,7 @@ from hydra.types import RunMode
 from . import distributed
 from .errors import ConfigError, ExperimentError, Interrupted, RunFailed, RunFolderTaken
 from .run_files import load_yaml
-from .runs import FAILURE_FILE
+from .runs import FAILURE_FILE, WEIGHTS_FINAL
 from .slurm import is_requeue_signal, requeue_or_fail
 from .sweeps import quote_override_value
 
@@ -137,6 +138,22 @@ def record_failure(run_dir: Path, error: BaseException, rank: Optional[Tuple[int
     return message
 
 
+def stopped_outside_steps(run_dir: Path, record: bool = True) -> str:
+    """Ctrl-C where the training loop cannot first write a checkpoint: while the run is set up (imports,
+    data, the model), after its last step, or a second Ctrl-C. One paragraph with the command that continues
+    it; ``failure.txt`` too, unless the folder holds a finished run (that stays a finished run)."""
+    error = Interrupted(
+        "stopped by Ctrl-C (SIGINT) outside the training steps (while the run was set up or finished, or by a "
+        "second Ctrl-C), so no checkpoint was written for it; what earlier checkpoints hold is kept. Resume with: "
+        f"{resume_command(run_dir)} (from the last checkpoint, or from the start if there is none)",
+        signal.SIGINT, run_dir)
+    if record and not (run_dir / WEIGHTS_FINAL).exists():
+        return record_failure(run_dir, error)
+    message = f"{type(error).__name__}: {error}"
+    log.error(message)
+    return message
+
+
 def run_and_report(train_fn, cfg: Any, run_dir: Path, choices: dict, multirun: bool) -> float:
     """Call ``train_fn``; on an expected error record it and exit non-zero (or, in a sweep, return inf).
 
@@ -167,6 +184,12 @@ def run_and_report(train_fn, cfg: Any, run_dir: Path, choices: dict, multirun: b
             raise SystemExit(error.exit_code)
         finally:
             distributed.stop(wait=alike)  # after rank 0 has recorded it (torchrun stops the rest once one exits)
+    except KeyboardInterrupt:  # Ctrl-C outside the training steps (set-up, the end, a second Ctrl-C)
+        distributed.stop()
+        stopped_outside_steps(Path(run_dir), record=not follower)
+        if multirun:
+            raise  # the sweep's own handling of Ctrl-C (its jobs' checkpoints, its resume command)
+        raise SystemExit(128 + signal.SIGINT) from None
     except Exception as error:  # unforeseen (a bug, a module that cannot run): a sweep goes on
         distributed.stop()  # this rank alone: the others learn it when their next collective fails
         if rank is not None:
