@@ -9,19 +9,9 @@ from torch import nn
 from conftest import read_events
 from experiments import watch
 from experiments.errors import ConfigError, UseNotFound
+from lens_models import VOCAB, TinyLM
 
-VOCAB, DIM, STEPS, LR, SCALE = 11, 6, 10, 0.5, 0.5
-
-
-class TinyLM(nn.Module):
-    """nanoGPT-style: the head reads the embedding's weight through F.linear."""
-
-    def __init__(self):
-        super().__init__()
-        self.wte, self.mix = nn.Embedding(VOCAB, DIM), nn.Linear(DIM, DIM)
-
-    def forward(self, x):
-        return F.linear(torch.tanh(self.mix(self.wte(x))), self.wte.weight)
+STEPS, LR, SCALE = 10, 0.5, 0.5
 
 
 class Wrapper(nn.Module):

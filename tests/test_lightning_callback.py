@@ -6,27 +6,16 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from conftest import read_events, run_cli
+from lens_models import VOCAB, TinyLM
 from experiments.errors import ConfigError
 
 pytestmark = pytest.mark.slow  # importing Lightning takes seconds (here, not when the default suite collects)
 
-VOCAB, DIM, STEPS, ACCUM, BATCH, LR, SCALE = 11, 6, 10, 2, 8, 0.5, 0.5
+STEPS, ACCUM, BATCH, LR, SCALE = 10, 2, 8, 0.5, 0.5
 EPOCH = 5  # optimizer steps an epoch: 2 epochs
 LOGGED = [1, 3, 6, 9, 10]  # every 3, the first and the last (max_steps)
-
-
-class TinyLM(nn.Module):
-    """nanoGPT-style: the head reads the embedding's weight through F.linear."""
-
-    def __init__(self):
-        super().__init__()
-        self.wte, self.mix = nn.Embedding(VOCAB, DIM), nn.Linear(DIM, DIM)
-
-    def forward(self, x):
-        return F.linear(torch.tanh(self.mix(self.wte(x))), self.wte.weight)
 
 
 @functools.lru_cache(maxsize=None)

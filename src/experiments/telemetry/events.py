@@ -8,9 +8,10 @@ protobuf wire format from a per-tag prefix computed once (~9 µs), and records g
 in the calling thread. Record checksums are CRC-32C in C (google-crc32c) instead of
 TensorBoard's pure Python (~300 µs for a 2 KB event).
 
-The file is TensorBoard's own format and name (``events.out.tfevents.<time>.<host>.<pid>.<n>``):
-a version event first, then, when a run resumes (``purge_step``), TensorBoard's marker that
-drops what an earlier file logged from that step on.
+The file is TensorBoard's own format and name (``events.out.tfevents.<time>.<host>.<pid>.<n>``,
+``<n>`` zero-padded: TensorBoard reads a folder's files in name order, and a process's 10th file of
+one second would otherwise come before its 9th): a version event first, then, when a run resumes
+(``purge_step``), TensorBoard's marker that drops what an earlier file logged from that step on.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ class EventFile:
     def __init__(self, log_dir: Path, purge_step: Optional[int] = None):
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_FILE_NUMBER)}"
+        number = next(_FILE_NUMBER)
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{number:06d}"
         self.path = self.log_dir / name
         self._file = open(self.path, "wb")
         self.write_event(Event(wall_time=time.time(), file_version="brain.Event:2"))
